@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up the machine and run the whole test suite: lint, typecheck, build and tests.
+# Stops at the first failing step with its exit status.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/setup-test.sh
+npm run lint
+npm run typecheck
+npm test

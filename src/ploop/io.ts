@@ -1,0 +1,183 @@
+/**
+ * File access used by every ploop operation. All I/O goes through these two interfaces so that
+ * tests can record (and replay cut short) exactly what an operation wrote and synced, while
+ * production uses plain Node.js file handles.
+ */
+import { spawn } from 'node:child_process';
+import { constants as fsc, promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { toPloopError } from './errors.js';
+
+export interface RandomAccessFile {
+  readonly path: string;
+  /** Reads up to `length` bytes at `position`; returns the count read (short only at EOF). */
+  read(buf: Uint8Array, position: number): Promise<number>;
+  write(buf: Uint8Array, position: number): Promise<void>;
+  /** Makes written data durable (fdatasync). */
+  sync(): Promise<void>;
+  size(): Promise<number>;
+  truncate(length: number): Promise<void>;
+  /** Deallocates a byte range; reads of it return zeros afterwards. */
+  punchHole(position: number, length: number): Promise<void>;
+  /** Allocates (without writing) a byte range, extending the file if needed. */
+  allocate(position: number, length: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+export type OpenMode = 'r' | 'rw' | 'create';
+
+export interface FileSystem {
+  open(file: string, mode: OpenMode): Promise<RandomAccessFile>;
+  rename(from: string, to: string): Promise<void>;
+  unlink(file: string): Promise<void>;
+  /** fsync of a directory, so that a rename or create in it is durable. */
+  syncDir(dir: string): Promise<void>;
+  exists(file: string): Promise<boolean>;
+  readText(file: string): Promise<string>;
+}
+
+/** Runs `fallocate` from util-linux: Node.js has no binding for fallocate(2). */
+function fallocate(args: string[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('fallocate', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.on('error', reject);
+    child.on('close', (code) =>
+      code === 0 ? resolve() : reject(new Error(`fallocate ${args.join(' ')}: ${err.trim()}`)),
+    );
+  });
+}
+
+class NodeFile implements RandomAccessFile {
+  constructor(
+    readonly path: string,
+    private readonly fh: fsp.FileHandle,
+  ) {}
+
+  async read(buf: Uint8Array, position: number): Promise<number> {
+    let done = 0;
+    while (done < buf.length) {
+      const { bytesRead } = await this.fh.read(buf, done, buf.length - done, position + done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    return done;
+  }
+
+  async write(buf: Uint8Array, position: number): Promise<void> {
+    let done = 0;
+    while (done < buf.length) {
+      const { bytesWritten } = await this.fh.write(buf, done, buf.length - done, position + done);
+      done += bytesWritten;
+    }
+  }
+
+  sync(): Promise<void> {
+    return this.fh.datasync();
+  }
+
+  async size(): Promise<number> {
+    return (await this.fh.stat()).size;
+  }
+
+  truncate(length: number): Promise<void> {
+    return this.fh.truncate(length);
+  }
+
+  async punchHole(position: number, length: number): Promise<void> {
+    if (length <= 0) return;
+    await fallocate([
+      '--punch-hole',
+      '--keep-size',
+      '-o',
+      `${position}`,
+      '-l',
+      `${length}`,
+      this.path,
+    ]);
+  }
+
+  async allocate(position: number, length: number): Promise<void> {
+    if (length <= 0) return;
+    try {
+      await fallocate(['-o', `${position}`, '-l', `${length}`, this.path]);
+    } catch {
+      // File systems without fallocate(2): write zeros instead.
+      const chunk = Buffer.alloc(Math.min(length, 8 << 20));
+      for (let off = 0; off < length; off += chunk.length) {
+        await this.write(chunk.subarray(0, Math.min(chunk.length, length - off)), position + off);
+      }
+    }
+  }
+
+  close(): Promise<void> {
+    return this.fh.close();
+  }
+}
+
+export const nodeFileSystem: FileSystem = {
+  async open(file, mode) {
+    const flags =
+      mode === 'r'
+        ? fsc.O_RDONLY
+        : mode === 'rw'
+          ? fsc.O_RDWR
+          : fsc.O_RDWR | fsc.O_CREAT | fsc.O_EXCL;
+    try {
+      // libuv opens every file close-on-exec.
+      return new NodeFile(file, await fsp.open(file, flags, 0o600));
+    } catch (err) {
+      throw toPloopError(err, file);
+    }
+  },
+  async rename(from, to) {
+    await fsp.rename(from, to);
+  },
+  async unlink(file) {
+    await fsp.unlink(file);
+  },
+  async syncDir(dir) {
+    const fh = await fsp.open(dir, fsc.O_RDONLY | fsc.O_DIRECTORY);
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  },
+  async exists(file) {
+    try {
+      await fsp.access(file);
+      return true;
+    } catch {
+      return false;
+    }
+  },
+  async readText(file) {
+    try {
+      return await fsp.readFile(file, 'utf8');
+    } catch (err) {
+      throw toPloopError(err, file);
+    }
+  },
+};
+
+/** Writes a file atomically: temporary file, fsync, rename over the target, fsync the directory. */
+export async function writeFileAtomic(
+  fs: FileSystem,
+  file: string,
+  data: string | Uint8Array,
+): Promise<void> {
+  const tmp = `${file}.tmp`;
+  if (await fs.exists(tmp)) await fs.unlink(tmp);
+  const f = await fs.open(tmp, 'create');
+  try {
+    const bytes = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
+    await f.write(bytes, 0);
+    await f.sync();
+  } finally {
+    await f.close();
+  }
+  await fs.rename(tmp, file);
+  await fs.syncDir(path.dirname(file));
+}
