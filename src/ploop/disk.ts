@@ -30,6 +30,7 @@ import { RawImage, openDelta } from './chain.js';
 import { growImage } from './grow.js';
 import { Progress, forEachLimited } from './copy.js';
 import { withLock } from './lock.js';
+import { isDirty, repairImage } from './check.js';
 
 export const BASE_IMAGE_NAME = 'root.hds';
 
@@ -154,9 +155,10 @@ export async function snapshot(ddPath: string, opts: DiskOptions = {}): Promise<
     let version: 1 | 2 = 2;
     let size = d.sizeSectors * SECTOR;
     if (topIm.type === 'Compressed') {
-      // Opening read-write repairs a top left dirty by a crash; then it is closed clean.
-      const top = await openDelta(topFile, 'Compressed', fs, false, true);
-      version = (top as PloopImage).version;
+      // A top left dirty by a crash is repaired before it is frozen.
+      if (await isDirty(topFile, fs)) await repairImage(topFile, fs);
+      const top = await PloopImage.open(topFile, { readOnly: true, fs });
+      version = top.version;
       size = top.virtualSize;
       await top.close();
     }

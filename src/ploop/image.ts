@@ -157,7 +157,7 @@ export class PloopImage {
         for (let i = 0; i < h.batEntries; i++) bat.writeUInt32LE(first + i * step, 4 * i);
         await f.allocate(dataOff, h.batEntries * cluster);
       }
-      // Whole BAT area written (not left sparse) as ploop itself does.
+      // Whole BAT area written (ploop 1.15 check rejects a sparse one as "sparse").
       await f.write(Buffer.concat([encodeHeader(h), bat]), 0);
       await f.sync();
     } finally {

@@ -1,10 +1,12 @@
 /**
- * Advisory whole-file locks compatible with ploop's own (flock(2) on `DiskDescriptor.xml.lck`).
- * Node.js has no flock binding, so the lock is held by a util-linux `flock` child process that
- * keeps it until we close its stdin, or until this process dies (the pipe closes with it).
+ * Advisory whole-file locks compatible with ploop's own (flock(2) on `DiskDescriptor.xml.lck`),
+ * so our tools and ploop's never change a disk at the same time. Waiting polls a non-blocking
+ * flock: a blocking one would stall the event loop.
  */
-import { spawn } from 'node:child_process';
-import { BusyError, IoError } from './errors.js';
+import { constants as fsc, promises as fsp } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import fsExt from 'fs-ext';
+import { BusyError, toPloopError } from './errors.js';
 
 export interface Lock {
   release(): Promise<void>;
@@ -15,50 +17,47 @@ export interface LockOptions {
   timeoutMs?: number;
 }
 
-export function acquireLock(file: string, opts: LockOptions = {}): Promise<Lock> {
+const POLL_MS = 10;
+
+function tryFlock(fd: number): boolean {
+  try {
+    fsExt.flockSync(fd, 'exnb');
+    return true;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EAGAIN' || code === 'EWOULDBLOCK') return false;
+    throw err;
+  }
+}
+
+export async function acquireLock(file: string, opts: LockOptions = {}): Promise<Lock> {
   const timeout = opts.timeoutMs ?? 30_000;
-  const waitArgs = timeout > 0 ? ['-w', String(timeout / 1000)] : ['-n'];
-  return new Promise((resolve, reject) => {
-    const child = spawn(
-      'flock',
-      ['-x', ...waitArgs, file, '-c', 'echo locked; exec cat >/dev/null'],
-      {
-        stdio: ['pipe', 'pipe', 'pipe'],
-      },
-    );
-    let out = '';
-    let err = '';
-    let settled = false;
-    const exited = new Promise<void>((res) => child.on('close', () => res()));
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    child.on('error', (e) => {
-      if (!settled) {
-        settled = true;
-        reject(new IoError(`cannot run flock for ${file}: ${e.message}`, e));
-      }
-    });
-    child.on('close', (code) => {
-      if (settled) return;
-      settled = true;
-      reject(
-        code === 1
-          ? new BusyError(`${file} is locked by another process`)
-          : new IoError(`flock ${file} failed (${code}): ${err.trim()}`),
-      );
-    });
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (!settled && out.includes('locked')) {
-        settled = true;
-        resolve({
-          async release() {
-            child.stdin.end();
-            await exited;
-          },
-        });
-      }
-    });
-  });
+  let fh: fsp.FileHandle;
+  try {
+    // Created if missing, like ploop's lock file; an existing image file is opened as is.
+    fh = await fsp.open(file, fsc.O_RDONLY | fsc.O_CREAT, 0o600);
+  } catch (err) {
+    throw toPloopError(err, file);
+  }
+  const deadline = Date.now() + timeout;
+  try {
+    while (!tryFlock(fh.fd)) {
+      if (Date.now() >= deadline) throw new BusyError(`${file} is locked by another process`);
+      await sleep(POLL_MS);
+    }
+  } catch (err) {
+    await fh.close();
+    throw toPloopError(err, file);
+  }
+  let released = false;
+  return {
+    async release() {
+      if (released) return;
+      released = true;
+      // Closing the descriptor drops the flock.
+      await fh.close();
+    },
+  };
 }
 
 /** Runs `fn` while holding the lock on `file`. */
