@@ -107,7 +107,11 @@ export function parseParameters(
   params: Record<string, string>,
   defaultClusterSize: number,
 ): VolumeParameters {
-  const out: VolumeParameters = { clusterSize: defaultClusterSize, preallocate: false, fsType: null };
+  const out: VolumeParameters = {
+    clusterSize: defaultClusterSize,
+    preallocate: false,
+    fsType: null,
+  };
   for (const [k, v] of Object.entries(params)) {
     if (k.startsWith('csi.storage.k8s.io/')) continue;
     switch (k) {
@@ -116,18 +120,27 @@ export function parseParameters(
           out.clusterSize = parseSize(v);
           checkClusterSize(out.clusterSize);
         } catch (err) {
-          throw new PoolError('INVALID_ARGUMENT', `parameter clusterSize: ${(err as Error).message}`);
+          throw new PoolError(
+            'INVALID_ARGUMENT',
+            `parameter clusterSize: ${(err as Error).message}`,
+          );
         }
         break;
       case 'preallocate':
         if (v !== 'true' && v !== 'false') {
-          throw new PoolError('INVALID_ARGUMENT', `parameter preallocate must be "true" or "false"`);
+          throw new PoolError(
+            'INVALID_ARGUMENT',
+            `parameter preallocate must be "true" or "false"`,
+          );
         }
         out.preallocate = v === 'true';
         break;
       case 'fsType':
         if (!['ext4', 'xfs'].includes(v)) {
-          throw new PoolError('INVALID_ARGUMENT', `parameter fsType must be ext4 or xfs, got "${v}"`);
+          throw new PoolError(
+            'INVALID_ARGUMENT',
+            `parameter fsType must be ext4 or xfs, got "${v}"`,
+          );
         }
         out.fsType = v;
         break;
@@ -139,7 +152,9 @@ export function parseParameters(
 }
 
 function sameParameters(a: VolumeParameters, b: VolumeParameters): boolean {
-  return a.clusterSize === b.clusterSize && a.preallocate === b.preallocate && a.fsType === b.fsType;
+  return (
+    a.clusterSize === b.clusterSize && a.preallocate === b.preallocate && a.fsType === b.fsType
+  );
 }
 
 function sameSource(a: VolumeSource | null, b: VolumeSource | null): boolean {
@@ -168,7 +183,9 @@ function wrap(err: unknown, what: string): PoolError {
             : 'INTERNAL';
     return new PoolError(code, `${what}: ${err.message}`, { cause: err });
   }
-  return new PoolError('INTERNAL', `${what}: ${(err as Error).message ?? String(err)}`, { cause: err });
+  return new PoolError('INTERNAL', `${what}: ${(err as Error).message ?? String(err)}`, {
+    cause: err,
+  });
 }
 
 export class Pool {
@@ -270,7 +287,10 @@ export class Pool {
     if (limitBytes > 0 && requiredBytes > limitBytes) {
       throw new PoolError('INVALID_ARGUMENT', 'required bytes exceed the limit');
     }
-    const want = Math.max(requiredBytes || (limitBytes ? Math.min(DEFAULT_CAPACITY, limitBytes) : DEFAULT_CAPACITY), min);
+    const want = Math.max(
+      requiredBytes || (limitBytes ? Math.min(DEFAULT_CAPACITY, limitBytes) : DEFAULT_CAPACITY),
+      min,
+    );
     const size = Math.ceil(want / cluster) * cluster;
     if (limitBytes > 0 && size > limitBytes) {
       throw new PoolError(
@@ -281,19 +301,41 @@ export class Pool {
     return size;
   }
 
-  async createVolume(req: CreateVolumeRequest, freeze: Freezer = offlineFreezer): Promise<VolumeRecord> {
+  async createVolume(
+    req: CreateVolumeRequest,
+    freeze: Freezer = offlineFreezer,
+  ): Promise<VolumeRecord> {
     const id = idForName('volume', req.name);
     const params = parseParameters(req.parameters, this.opts.defaultClusterSize);
     // A source fixes the cluster size and the minimum capacity.
     let sourceChain: { dd: string; sizeBytes: number; clusterSize: number } | null = null;
-    if (req.source) sourceChain = await this.sourceInfo(req.source);
-    if (sourceChain && req.parameters['clusterSize'] !== undefined && params.clusterSize !== sourceChain.clusterSize) {
+    const existing = await this.getVolume(id);
+    if (req.source) {
+      try {
+        sourceChain = await this.sourceInfo(req.source);
+      } catch (err) {
+        // A retry of a restore or clone succeeds even after its source was deleted.
+        if (!(existing && err instanceof PoolError && err.code === 'NOT_FOUND')) throw err;
+        if (req.parameters['clusterSize'] === undefined) {
+          params.clusterSize = existing.parameters.clusterSize;
+        }
+      }
+    }
+    if (
+      sourceChain &&
+      req.parameters['clusterSize'] !== undefined &&
+      params.clusterSize !== sourceChain.clusterSize
+    ) {
       throw new PoolError('INVALID_ARGUMENT', 'clusterSize differs from the source');
     }
     if (sourceChain) params.clusterSize = sourceChain.clusterSize;
-    const size = this.sizeFor(req.requiredBytes, req.limitBytes, params.clusterSize, sourceChain?.sizeBytes ?? 0);
+    const size = this.sizeFor(
+      req.requiredBytes,
+      req.limitBytes,
+      params.clusterSize,
+      sourceChain?.sizeBytes ?? 0,
+    );
 
-    const existing = await this.getVolume(id);
     if (existing) return this.sameVolume(existing, req, params, size);
     const cap = await this.capacity();
     if (size > cap.availableBytes) {
@@ -331,7 +373,11 @@ export class Pool {
         source: req.source,
         createdAt: new Date().toISOString(),
       };
-      await writeFileAtomic(nodeFileSystem, path.join(stage, VOLUME_META), JSON.stringify(rec, null, 2));
+      await writeFileAtomic(
+        nodeFileSystem,
+        path.join(stage, VOLUME_META),
+        JSON.stringify(rec, null, 2),
+      );
       if (!(await this.publish(stage, this.volumeDir(id)))) {
         // Another request with the same name won the race.
         const other = await this.getVolume(id);
@@ -357,7 +403,10 @@ export class Pool {
       sameParameters(v.parameters, params) &&
       sameSource(v.source, req.source);
     if (!fits) {
-      throw new PoolError('ALREADY_EXISTS', `volume "${req.name}" exists with different parameters`);
+      throw new PoolError(
+        'ALREADY_EXISTS',
+        `volume "${req.name}" exists with different parameters`,
+      );
     }
     return v;
   }
@@ -369,18 +418,30 @@ export class Pool {
       const s = await this.getSnapshot(source.id);
       if (!s) throw new PoolError('NOT_FOUND', `snapshot ${source.id} does not exist`);
       const d = await readDescriptor(nodeFileSystem, this.snapshotDescriptor(source.id));
-      return { dd: this.snapshotDescriptor(source.id), sizeBytes: s.sizeBytes, clusterSize: d.clusterSectors * SECTOR };
+      return {
+        dd: this.snapshotDescriptor(source.id),
+        sizeBytes: s.sizeBytes,
+        clusterSize: d.clusterSectors * SECTOR,
+      };
     }
     const v = await this.getVolume(source.id);
     if (!v) throw new PoolError('NOT_FOUND', `volume ${source.id} does not exist`);
-    return { dd: this.volumeDescriptor(source.id), sizeBytes: v.capacityBytes, clusterSize: v.parameters.clusterSize };
+    return {
+      dd: this.volumeDescriptor(source.id),
+      sizeBytes: v.capacityBytes,
+      clusterSize: v.parameters.clusterSize,
+    };
   }
 
   /**
    * Freezes the source volume's top and writes, in a staging directory, a descriptor of the
    * frozen chain with its deltas linked; returns that descriptor.
    */
-  private async freezeChain(volumeId: string, freeze: Freezer, stage: string): Promise<{ d: Descriptor; dd: string }> {
+  private async freezeChain(
+    volumeId: string,
+    freeze: Freezer,
+    stage: string,
+  ): Promise<{ d: Descriptor; dd: string }> {
     const srcDd = this.volumeDescriptor(volumeId);
     const frozen = await freeze(volumeId, srcDd);
     const src = await readDescriptor(nodeFileSystem, srcDd);
@@ -401,10 +462,16 @@ export class Pool {
       // Frozen deltas never change again: make that visible.
       await fsp.chmod(from, 0o444);
       d.images.push({ guid: g, type: im.type, file: name });
-      d.snapshots.push({ guid: g, parent: src.snapshots.find((s) => s.guid === g)!.parent, temporary: false });
+      d.snapshots.push({
+        guid: g,
+        parent: src.snapshots.find((s) => s.guid === g)!.parent,
+        temporary: false,
+      });
     }
     // The frozen top's virtual size is the chain's size at this instant.
-    const top = await PloopImage.open(path.join(stage, path.basename(imageOf(src, frozen).file)), { readOnly: true });
+    const top = await PloopImage.open(path.join(stage, path.basename(imageOf(src, frozen).file)), {
+      readOnly: true,
+    });
     d.sizeSectors = top.header.sizeSectors;
     await top.close();
     const dd = path.join(stage, DESCRIPTOR_NAME);
@@ -413,7 +480,12 @@ export class Pool {
   }
 
   /** Links the chain of `srcDd` into `stage` and stacks a new empty top of `size` bytes. */
-  private async stackOn(srcDd: string, stage: string, size: number, cluster: number): Promise<void> {
+  private async stackOn(
+    srcDd: string,
+    stage: string,
+    size: number,
+    cluster: number,
+  ): Promise<void> {
     const src = await readDescriptor(nodeFileSystem, srcDd);
     const d: Descriptor = {
       sizeSectors: size / SECTOR,
@@ -429,14 +501,20 @@ export class Pool {
       const name = path.basename(im.file);
       await fsp.link(resolveImagePath(srcDd, im.file), path.join(stage, name));
       d.images.push({ guid: g, type: im.type, file: name });
-      d.snapshots.push({ guid: g, parent: src.snapshots.find((s) => s.guid === g)!.parent, temporary: false });
+      d.snapshots.push({
+        guid: g,
+        parent: src.snapshots.find((s) => s.guid === g)!.parent,
+        temporary: false,
+      });
       if (im.type === 'Compressed') {
         const img = await PloopImage.open(path.join(stage, name), { readOnly: true });
         version = img.version;
         await img.close();
       }
     }
-    const base = d.images.find((i) => d.snapshots.find((s) => s.guid === i.guid)!.parent === NONE_GUID)!;
+    const base = d.images.find(
+      (i) => d.snapshots.find((s) => s.guid === i.guid)!.parent === NONE_GUID,
+    )!;
     const topName = `${path.basename(base.file)}.${newGuid()}`;
     await PloopImage.create(path.join(stage, topName), { size, clusterSize: cluster, version });
     d.images.push({ guid: TOP_GUID, type: 'Compressed', file: topName });
@@ -467,7 +545,11 @@ export class Pool {
   /** Stores a new capacity in volume.json (after an online or offline grow). */
   async recordCapacity(v: VolumeRecord, size: number): Promise<VolumeRecord> {
     const rec = { ...v, capacityBytes: size };
-    await writeFileAtomic(nodeFileSystem, path.join(this.volumeDir(v.id), VOLUME_META), JSON.stringify(rec, null, 2));
+    await writeFileAtomic(
+      nodeFileSystem,
+      path.join(this.volumeDir(v.id), VOLUME_META),
+      JSON.stringify(rec, null, 2),
+    );
     return rec;
   }
 
@@ -511,7 +593,11 @@ export class Pool {
         sizeBytes: d.sizeSectors * SECTOR,
         createdAt: new Date().toISOString(),
       };
-      await writeFileAtomic(nodeFileSystem, path.join(stage, SNAPSHOT_META), JSON.stringify(rec, null, 2));
+      await writeFileAtomic(
+        nodeFileSystem,
+        path.join(stage, SNAPSHOT_META),
+        JSON.stringify(rec, null, 2),
+      );
       if (!(await this.publish(stage, this.snapshotDir(id)))) {
         const other = await this.getSnapshot(id);
         if (!other || other.sourceVolumeId !== v.id) {
@@ -548,4 +634,3 @@ export class Pool {
     return { totalBytes, freeBytes, provisionedBytes, availableBytes };
   }
 }
-
