@@ -60,15 +60,14 @@ function mapIn(d: Delta, vc: number, cluster: number): number {
   return d instanceof RawImage ? d.map(vc, cluster) : d.map(vc);
 }
 
-/** True when every byte is zero (8 bytes at a time where alignment allows). */
+const ZEROS = new Uint8Array(64 << 10);
+
+/** True when every byte is zero (compared natively with a block of zeros, not byte by byte). */
 export function isZero(buf: Uint8Array): boolean {
-  let i = 0;
-  if (buf.byteOffset % 8 === 0) {
-    const words = new BigUint64Array(buf.buffer, buf.byteOffset, Math.floor(buf.length / 8));
-    for (const w of words) if (w !== 0n) return false;
-    i = words.length * 8;
+  for (let off = 0; off < buf.length; off += ZEROS.length) {
+    const n = Math.min(ZEROS.length, buf.length - off);
+    if (Buffer.compare(buf.subarray(off, off + n), ZEROS.subarray(0, n)) !== 0) return false;
   }
-  for (; i < buf.length; i++) if (buf[i] !== 0) return false;
   return true;
 }
 

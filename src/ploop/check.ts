@@ -64,10 +64,14 @@ export async function checkImage(file: string, opts: CheckOptions = {}): Promise
     img = await PloopImage.openForRepair(file, fs, !repair);
   } catch (err) {
     if (err instanceof PloopError && err.code !== 'IO' && err.code !== 'NOT_FOUND') {
+      // The report names the file already: keep the reason only.
+      const message = err.message.startsWith(`${file}: `)
+        ? err.message.slice(file.length + 2)
+        : err.message;
       return {
         path: file,
         clean: false,
-        findings: [{ severity: 'error', message: err.message, fixed: false }],
+        findings: [{ severity: 'error', message, fixed: false }],
         allocatedClusters: 0,
         unreferencedClusters: 0,
       };
@@ -82,6 +86,8 @@ export async function checkImage(file: string, opts: CheckOptions = {}): Promise
     const cluster = img.clusterSize;
     const dataOff = img.dataOffBytes;
     let fileSize = await img.file.size();
+    // Read before markInUse, which drops the reference to a format extension.
+    const extOff = h.extOff;
     if (h.inUse === IN_USE) note('error', 'image was not closed cleanly (in-use flag set)', repair);
     else if (h.inUse === CLOSED_V21)
       note('info', 'closed by software that knows format extensions');
@@ -101,8 +107,9 @@ export async function checkImage(file: string, opts: CheckOptions = {}): Promise
       }
     }
 
-    // Padding after the last entry up to data_off must be zero.
-    const padLen = dataOff - HEADER_SIZE - 4 * img.bat.length;
+    // Padding after the last entry up to data_off must be zero (only what the file holds: a
+    // damaged data_off may lie far beyond it).
+    const padLen = Math.min(dataOff, fileSize) - HEADER_SIZE - 4 * img.bat.length;
     if (padLen > 0) {
       const pad = Buffer.alloc(padLen);
       await readZeroFilled(img.file, pad, HEADER_SIZE + 4 * img.bat.length);
@@ -151,20 +158,27 @@ export async function checkImage(file: string, opts: CheckOptions = {}): Promise
 
     // Unreferenced clusters: leaked by a crash, or freed by discard.
     const used = new Set<number>();
-    for (const e of img.bat) if (e && e !== BAT_ENTRY_NONE) used.add(img.entryToHost(e));
+    // Without repair the damaged entries are still mapped: they point at no real cluster.
+    const bad = new Set(repair ? [] : problems.map((p) => p.index));
+    img.bat.forEach((e, i) => {
+      if (e && e !== BAT_ENTRY_NONE && !bad.has(i)) used.add(img.entryToHost(e));
+    });
     let keepEnd = dataOff;
     for (const host of used) keepEnd = Math.max(keepEnd, host + cluster);
-    if (h.extOff) {
-      const extStart = h.extOff * SECTOR;
-      const magic = Buffer.alloc(8);
-      await readZeroFilled(img.file, magic, extStart);
-      const valid =
-        extStart >= dataOff &&
-        extStart + cluster <= fileSize &&
-        magic.readBigUInt64LE(0) === EXT_MAGIC;
+    if (extOff) {
+      const extStart = extOff * SECTOR;
+      let valid = extStart >= dataOff && extStart + cluster <= fileSize;
+      if (valid) {
+        const magic = Buffer.alloc(8);
+        await readZeroFilled(img.file, magic, extStart);
+        valid = magic.readBigUInt64LE(0) === EXT_MAGIC;
+      }
       if (!valid) {
         note('error', 'format extension offset points at no extension', repair);
         if (repair) img.updateHeader({ extOff: 0 });
+      } else if (repair) {
+        // Not kept across read-write use (ploop-format.md §1.8): its cluster is trimmed.
+        note('info', 'format extension dropped', true);
       } else {
         used.add(extStart);
         keepEnd = Math.max(keepEnd, extStart + cluster);

@@ -2,12 +2,13 @@
  * Conversions: raw file → ploop image (zero clusters skipped), any chain → sparse raw file, and
  * flattening a chain into one new image.
  */
+import * as path from 'node:path';
 import { InvalidArgumentError } from './errors.js';
 import { FileSystem, nodeFileSystem } from './io.js';
 import { Chain, isZero } from './chain.js';
 import { PloopImage, readZeroFilled } from './image.js';
 import { FormatVersion } from './header.js';
-import { Progress, forEachLimited } from './copy.js';
+import { BufferPool, Progress, forEachLimited } from './copy.js';
 
 export interface ConvertOptions {
   clusterSize?: number;
@@ -20,7 +21,10 @@ export interface ConvertOptions {
 const BATCH = 256;
 const PARALLEL = 4;
 
-/** Copies clusters chosen by `source` into a new image at `dst` of `size` bytes. */
+/**
+ * Copies clusters chosen by `source` into a new image at `dst` of `size` bytes. `source` gets a
+ * reused buffer holding stale bytes: it fills all of it and returns true, or returns false.
+ */
 async function writeNewImage(
   dst: string,
   size: number,
@@ -30,16 +34,18 @@ async function writeNewImage(
 ): Promise<void> {
   const fs = opts.fs ?? nodeFileSystem;
   await PloopImage.create(dst, { size, clusterSize: opts.clusterSize, version: opts.version, fs });
+  // The new name must be durable too, or a finished import can vanish in a crash.
+  await fs.syncDir(path.dirname(dst));
   const img = await PloopImage.open(dst, { fs });
   try {
-    const cs = img.clusterSize;
+    const pool = new BufferPool(img.clusterSize);
     for (let b = 0; b < clusters; b += BATCH) {
       const n = Math.min(BATCH, clusters - b);
-      await forEachLimited(n, PARALLEL, async (i) => {
-        const vc = b + i;
-        const buf = Buffer.alloc(cs);
-        if (await source(vc, buf)) await img.allocate(vc, buf);
-      });
+      await forEachLimited(n, PARALLEL, (i) =>
+        pool.with(async (buf) => {
+          if (await source(b + i, buf)) await img.allocate(b + i, buf);
+        }),
+      );
       await img.flush();
       opts.progress?.(b + n, clusters);
     }
@@ -86,16 +92,18 @@ export async function exportRaw(
       const size = chain.virtualSize;
       await out.truncate(size);
       const clusters = Math.ceil(size / cs);
+      const pool = new BufferPool(cs);
       await forEachLimited(
         clusters,
         PARALLEL,
         async (vc) => {
           const loc = chain.locate(vc);
           if (!loc) return;
-          const len = Math.min(cs, size - vc * cs);
-          const buf = Buffer.alloc(len);
-          await readZeroFilled(loc.delta.file, buf, loc.host);
-          if (!isZero(buf)) await out.write(buf, vc * cs);
+          await pool.with(async (whole) => {
+            const buf = whole.subarray(0, Math.min(cs, size - vc * cs));
+            await readZeroFilled(loc.delta.file, buf, loc.host);
+            if (!isZero(buf)) await out.write(buf, vc * cs);
+          });
         },
         opts.progress,
       );

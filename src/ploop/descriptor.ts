@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import * as path from 'node:path';
 import { XMLBuilder, XMLParser } from 'fast-xml-parser';
 import { CorruptImageError, InvalidArgumentError } from './errors.js';
-import { chs } from './header.js';
+import { MAX_CLUSTER, SECTOR, chs } from './header.js';
 import { FileSystem, writeFileAtomic } from './io.js';
 
 export const DESCRIPTOR_NAME = 'DiskDescriptor.xml';
@@ -147,22 +147,40 @@ export function validateDescriptor(d: Descriptor, file: string): void {
   if (d.images.length === 0) throw bad('no images');
   if (d.images.length > MAX_CHAIN) throw bad(`more than ${MAX_CHAIN} images`);
   const guids = new Set<string>();
+  const files = new Set<string>();
   for (const im of d.images) {
     if (!isGuid(im.guid)) throw bad(`invalid GUID "${im.guid.slice(0, 40)}"`);
     if (guids.has(im.guid)) throw bad(`duplicate image GUID ${im.guid}`);
     guids.add(im.guid);
     if (im.file.length === 0 || im.file.includes('\0')) throw bad('empty image file name');
+    // A relative name must stay inside the descriptor's directory (absolute ones are checked
+    // against it by resolveImagePath).
+    const norm = path.normalize(im.file);
+    if (!path.isAbsolute(norm) && (norm === '.' || norm === '..' || norm.startsWith('../'))) {
+      throw bad(`image file "${im.file.slice(0, 80)}" lies outside the descriptor's directory`);
+    }
+    // Compared as resolved paths: "root.hds" and "/dir/root.hds" are one file.
+    const abs = path.resolve(path.dirname(path.resolve(file)), norm);
+    if (files.has(abs)) throw bad(`two images use the same file ${im.file.slice(0, 80)}`);
+    files.add(abs);
   }
   if (d.snapshots.length !== d.images.length) throw bad('images and snapshots differ');
+  const shots = new Set<string>();
   for (const s of d.snapshots) {
     if (!guids.has(s.guid)) throw bad(`snapshot ${s.guid.slice(0, 40)} has no image`);
+    if (shots.has(s.guid)) throw bad(`duplicate snapshot GUID ${s.guid}`);
+    shots.add(s.guid);
     if (s.parent !== NONE_GUID && !guids.has(s.parent))
       throw bad(`unknown parent ${s.parent.slice(0, 40)}`);
   }
   if (!guids.has(d.topGuid)) throw bad('TopGUID names no image');
-  // Following parents from the top must reach the root without a cycle.
-  chainGuids(d, file);
-  if (d.clusterSectors <= 0 || (d.clusterSectors & (d.clusterSectors - 1)) !== 0) {
+  // Following parents from every snapshot must reach the root without a cycle (a tree).
+  for (const s of d.snapshots) chainGuids(d, file, s.guid);
+  if (
+    d.clusterSectors <= 0 ||
+    (d.clusterSectors & (d.clusterSectors - 1)) !== 0 ||
+    d.clusterSectors > MAX_CLUSTER / SECTOR
+  ) {
     throw bad(`invalid Blocksize ${d.clusterSectors}`);
   }
 }
@@ -194,9 +212,22 @@ export function childrenOf(d: Descriptor, guid: string): DescriptorSnapshot[] {
   return d.snapshots.filter((s) => s.parent === guid);
 }
 
-/** Absolute path of an image file named in the descriptor at `ddPath`. */
+/**
+ * Absolute path of an image file named in the descriptor at `ddPath`. The file must lie inside
+ * the descriptor's directory: a descriptor never makes an operation touch anything else.
+ */
 export function resolveImagePath(ddPath: string, file: string): string {
-  return path.resolve(path.dirname(ddPath), file);
+  const dd = path.resolve(ddPath);
+  const dir = path.dirname(dd);
+  const abs = path.resolve(dir, file);
+  const rel = path.relative(dir, abs);
+  if (rel === '' || rel === '..' || rel.startsWith('../') || path.isAbsolute(rel) || abs === dd) {
+    throw new CorruptImageError(
+      ddPath,
+      `image file "${file.slice(0, 80)}" lies outside the descriptor's directory`,
+    );
+  }
+  return abs;
 }
 
 export function serializeDescriptor(d: Descriptor): string {

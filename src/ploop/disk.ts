@@ -28,7 +28,7 @@ import {
 import { CreateImageOptions, PloopImage, readZeroFilled } from './image.js';
 import { RawImage, openDelta } from './chain.js';
 import { growImage } from './grow.js';
-import { Progress, forEachLimited } from './copy.js';
+import { BufferPool, Progress, forEachLimited } from './copy.js';
 import { withLock } from './lock.js';
 import { isDirty, repairImage } from './check.js';
 
@@ -39,6 +39,8 @@ export interface DiskOptions {
   progress?: Progress;
   /** How long to wait for another process's lock on the descriptor. */
   lockTimeoutMs?: number;
+  /** The top is served by a paused device: it is in use, not damaged (snapshot only). */
+  liveTop?: boolean;
 }
 
 function fsOf(o: DiskOptions): FileSystem {
@@ -92,7 +94,8 @@ async function mutate<T>(
     lockPath(ddPath),
     async () => {
       let d = await readDescriptor(fs, ddPath);
-      d = await finishPending(ddPath, d, opts);
+      // Pending merges never run under a live top: they may involve it.
+      if (!opts.liveTop) d = await finishPending(ddPath, d, opts);
       return fn(d);
     },
     { timeoutMs: opts.lockTimeoutMs ?? 30_000 },
@@ -155,9 +158,10 @@ export async function snapshot(ddPath: string, opts: DiskOptions = {}): Promise<
     let version: 1 | 2 = 2;
     let size = d.sizeSectors * SECTOR;
     if (topIm.type === 'Compressed') {
-      // A top left dirty by a crash is repaired before it is frozen.
-      if (await isDirty(topFile, fs)) await repairImage(topFile, fs);
-      const top = await PloopImage.open(topFile, { readOnly: true, fs });
+      // A top left dirty by a crash is repaired before it is frozen; a live top (served by a
+      // device that is paused and flushed) is in use by design and is left as it is.
+      if (!opts.liveTop && (await isDirty(topFile, fs))) await repairImage(topFile, fs);
+      const top = await PloopImage.openForRepair(topFile, fs, true);
       version = top.version;
       size = top.virtualSize;
       await top.close();
@@ -343,26 +347,32 @@ async function mergeChildInto(
     const parent = await openDelta(parentFile, parentIm.type, fs, false, true);
     try {
       if (parent instanceof PloopImage && child.virtualSize > parent.virtualSize) {
-        await growImage(parent, child.virtualSize);
+        // The parent's clusters past its size are visible in the chain: keep them.
+        await growImage(parent, child.virtualSize, { keepBeyondSize: true });
+      } else if (parent instanceof RawImage && child.virtualSize > parent.size) {
+        // A raw parent must grow too, or the merged disk ends at its last written cluster.
+        await parent.file.truncate(child.virtualSize);
       }
       const cluster = child.clusterSize;
       const mapped: number[] = [];
       for (let vc = 0; vc < child.bat.length; vc++) if (child.map(vc) >= 0) mapped.push(vc);
       let done = 0;
+      const pool = new BufferPool(cluster);
       for (let b = 0; b < mapped.length; b += MERGE_BATCH) {
         const batch = mapped.slice(b, b + MERGE_BATCH);
-        await forEachLimited(batch.length, 4, async (i) => {
-          const vc = batch[i]!;
-          const buf = Buffer.alloc(cluster);
-          await readZeroFilled(child.file, buf, child.map(vc));
-          if (parent instanceof RawImage) {
-            await parent.file.write(buf, vc * cluster);
-            return;
-          }
-          const host = parent.map(vc);
-          if (host >= 0) await parent.file.write(buf, host);
-          else await parent.allocate(vc, buf);
-        });
+        await forEachLimited(batch.length, 4, (i) =>
+          pool.with(async (buf) => {
+            const vc = batch[i]!;
+            await readZeroFilled(child.file, buf, child.map(vc));
+            if (parent instanceof RawImage) {
+              await parent.file.write(buf, vc * cluster);
+              return;
+            }
+            const host = parent.map(vc);
+            if (host >= 0) await parent.file.write(buf, host);
+            else await parent.allocate(vc, buf);
+          }),
+        );
         if (parent instanceof PloopImage) await parent.flush();
         done += batch.length;
         opts.progress?.(done, mapped.length);

@@ -7,8 +7,20 @@ import { InvalidArgumentError, UnsupportedError } from './errors.js';
 import { SECTOR, V1_MAX_SECTORS, batClusters, chs } from './header.js';
 import { PloopImage, readZeroFilled } from './image.js';
 
+export interface GrowOptions {
+  /**
+   * Keep clusters mapped past the old virtual size (but inside the BAT). Used for a merge
+   * target: a chain reads a lower delta up to its BAT size, so that data is visible there.
+   */
+  keepBeyondSize?: boolean;
+}
+
 /** Grows an open read-write image to at least `size` bytes (rounded up to whole clusters). */
-export async function growImage(img: PloopImage, size: number): Promise<void> {
+export async function growImage(
+  img: PloopImage,
+  size: number,
+  opts: GrowOptions = {},
+): Promise<void> {
   const cluster = img.clusterSize;
   const entries = Math.ceil(size / cluster);
   if (!Number.isSafeInteger(size) || size <= 0)
@@ -27,6 +39,22 @@ export async function growImage(img: PloopImage, size: number): Promise<void> {
     throw new UnsupportedError(`${img.path}: data offset is not cluster aligned; cannot grow`);
   }
   if (sizeSectors === img.header.sizeSectors && entries === img.bat.length) return;
+  // What lay beyond the old virtual size becomes visible: it must read as zeros. Whole clusters
+  // past it are unmapped, the tail of a partly visible last cluster is zeroed.
+  const oldSize = img.virtualSize;
+  const hide = !opts.keepBeyondSize;
+  for (let vc = Math.ceil(oldSize / cluster); hide && vc < img.bat.length; vc++) {
+    if (img.map(vc) >= 0) img.setEntry(vc, 0);
+  }
+  const lastHost = hide && oldSize % cluster ? img.map(Math.floor(oldSize / cluster)) : -1;
+  if (lastHost >= 0) {
+    await img.file.write(
+      Buffer.alloc(cluster - (oldSize % cluster)),
+      lastHost + (oldSize % cluster),
+    );
+  }
+  // Settle pending releases now: a hole punched later could land in the grown BAT area.
+  await img.flush();
   const oldBatClusters = img.dataOffBytes / cluster;
   const newBatClusters = batClusters(entries, cluster);
 

@@ -82,12 +82,8 @@ export class PloopImage {
     const dataOff = this.dataOffBytes;
     const used = Math.max(0, fileSize - dataOff);
     this.nextHost = dataOff + Math.ceil(used / this.clusterSize) * this.clusterSize;
-    // Never allocate below a cluster some entry already uses (a file may be shorter than
-    // its mappings only in an image that is about to be repaired).
-    for (let i = 0; i < bat.length; i++) {
-      if (bat[i])
-        this.nextHost = Math.max(this.nextHost, this.entryToHost(bat[i]!) + this.clusterSize);
-    }
+    // Entries pointing past the end of the file are damage that repair unmaps: they must not
+    // move the allocation point (to an offset the format cannot express, or terabytes away).
   }
 
   get version(): FormatVersion {
@@ -290,7 +286,20 @@ export class PloopImage {
   setEntry(vc: number, host: number): void {
     this.assertWritable();
     const old = this.bat[vc]!;
-    if (old && host === 0) this.released.push(this.entryToHost(old));
+    if (old && host === 0) {
+      const was = this.entryToHost(old);
+      // Only a real data cluster is released: unmapping a damaged entry (misaligned, inside the
+      // BAT area, reserved) must not punch a hole over the header, the BAT or good clusters.
+      // Nor past the end of the file (nothing to free there; the offset may not even be valid).
+      const dataOff = this.dataOffBytes;
+      if (
+        old !== BAT_ENTRY_NONE &&
+        was >= dataOff &&
+        (was - dataOff) % this.clusterSize === 0 &&
+        was + this.clusterSize <= this.nextHost
+      )
+        this.released.push(was);
+    }
     this.bat[vc] = host === 0 ? 0 : this.hostToEntry(host);
     this.pendingBat.add(vc);
   }
@@ -300,7 +309,8 @@ export class PloopImage {
     this.assertWritable();
     const host = this.nextHost;
     this.nextHost += this.clusterSize;
-    if (this.version === 1 && this.hostToEntry(host) > 0xffffffff) {
+    // 0xffffffff is the reserved marker in both versions, never an offset.
+    if (this.version === 1 && this.hostToEntry(host) >= BAT_ENTRY_NONE) {
       throw new UnsupportedError(`${this.path}: version 1 image files cannot exceed 2 TiB`);
     }
     if (this.version === 2 && this.hostToEntry(host) >= BAT_ENTRY_NONE) {

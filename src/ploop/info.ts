@@ -1,6 +1,5 @@
 /** A summary of an image or a disk: geometry, allocation, and the chain. */
 import { promises as fsp } from 'node:fs';
-import { SECTOR } from './header.js';
 import { FileSystem, nodeFileSystem } from './io.js';
 import { Chain, RawImage, resolveTarget } from './chain.js';
 import { listSnapshots } from './disk.js';
@@ -57,7 +56,8 @@ export async function info(target: string, fs: FileSystem = nodeFileSystem): Pro
           clusterSize: d.clusterSize,
           allocatedClusters: d.allocatedClusters,
           dirty: d.header.inUse !== 0,
-          dataOffset: d.header.dataOff * SECTOR,
+          // v1 may store 0 for "right after the BAT": report where data really starts.
+          dataOffset: d.dataOffBytes,
         });
       }
     }

@@ -12,6 +12,7 @@ export interface RandomAccessFile {
   readonly path: string;
   /** Reads up to `length` bytes at `position`; returns the count read (short only at EOF). */
   read(buf: Uint8Array, position: number): Promise<number>;
+  /** Writes all of `buf`; callers reuse `buf` once this settles, so keep a copy, not `buf`. */
   write(buf: Uint8Array, position: number): Promise<void>;
   /** Makes written data durable (fdatasync). */
   sync(): Promise<void>;
@@ -55,34 +56,47 @@ class NodeFile implements RandomAccessFile {
     private readonly fh: fsp.FileHandle,
   ) {}
 
+  // Failures surface as typed errors (e.g. EISDIR when a descriptor names a directory, EIO).
+  private fail(err: unknown): never {
+    throw toPloopError(err, this.path);
+  }
+
   async read(buf: Uint8Array, position: number): Promise<number> {
     let done = 0;
-    while (done < buf.length) {
-      const { bytesRead } = await this.fh.read(buf, done, buf.length - done, position + done);
-      if (bytesRead === 0) break;
-      done += bytesRead;
+    try {
+      while (done < buf.length) {
+        const { bytesRead } = await this.fh.read(buf, done, buf.length - done, position + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+    } catch (err) {
+      this.fail(err);
     }
     return done;
   }
 
   async write(buf: Uint8Array, position: number): Promise<void> {
     let done = 0;
-    while (done < buf.length) {
-      const { bytesWritten } = await this.fh.write(buf, done, buf.length - done, position + done);
-      done += bytesWritten;
+    try {
+      while (done < buf.length) {
+        const { bytesWritten } = await this.fh.write(buf, done, buf.length - done, position + done);
+        done += bytesWritten;
+      }
+    } catch (err) {
+      this.fail(err);
     }
   }
 
   sync(): Promise<void> {
-    return this.fh.datasync();
+    return this.fh.datasync().catch((err: unknown) => this.fail(err));
   }
 
   async size(): Promise<number> {
-    return (await this.fh.stat()).size;
+    return (await this.fh.stat().catch((err: unknown) => this.fail(err))).size;
   }
 
   truncate(length: number): Promise<void> {
-    return this.fh.truncate(length);
+    return this.fh.truncate(length).catch((err: unknown) => this.fail(err));
   }
 
   async punchHole(position: number, length: number): Promise<void> {
