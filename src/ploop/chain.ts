@@ -180,7 +180,7 @@ export class Chain {
   }
 
   /** Reads `buf.length` bytes of the virtual disk at `offset`. */
-  read(buf: Uint8Array, offset: number): Promise<void> {
+  async read(buf: Uint8Array, offset: number): Promise<void> {
     this.checkRange(offset, buf.length);
     return this.serial(() => this.readUnlocked(buf, offset));
   }
@@ -215,7 +215,7 @@ export class Chain {
   }
 
   /** Writes `buf` at `offset`. */
-  write(buf: Uint8Array, offset: number): Promise<void> {
+  async write(buf: Uint8Array, offset: number): Promise<void> {
     this.checkRange(offset, buf.length);
     return this.serial(() => this.writeUnlocked(buf, offset));
   }
@@ -251,13 +251,13 @@ export class Chain {
    * delta maps them, otherwise mapped to zeros in the top (there is no zero-cluster marker,
    * ploop-format.md §1.10). Partial clusters at the edges are left unchanged.
    */
-  discard(offset: number, length: number): Promise<void> {
+  async discard(offset: number, length: number): Promise<void> {
     this.checkRange(offset, length);
     return this.serial(() => this.zeroClusters(offset, length, false));
   }
 
   /** Makes a range read as zeros; `noUnmap` keeps whole clusters allocated. */
-  writeZeroes(offset: number, length: number, opts: { noUnmap?: boolean } = {}): Promise<void> {
+  async writeZeroes(offset: number, length: number, opts: { noUnmap?: boolean } = {}): Promise<void> {
     this.checkRange(offset, length);
     return this.serial(async () => {
       const cs = this.clusterSize;
