@@ -257,7 +257,11 @@ export class Chain {
   }
 
   /** Makes a range read as zeros; `noUnmap` keeps whole clusters allocated. */
-  async writeZeroes(offset: number, length: number, opts: { noUnmap?: boolean } = {}): Promise<void> {
+  async writeZeroes(
+    offset: number,
+    length: number,
+    opts: { noUnmap?: boolean } = {},
+  ): Promise<void> {
     this.checkRange(offset, length);
     return this.serial(async () => {
       const cs = this.clusterSize;
