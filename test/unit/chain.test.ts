@@ -159,9 +159,9 @@ describe('single delta', () => {
     const ro = await Chain.open(dd, { readOnly: true });
     await expect(ro.write(Buffer.alloc(1), 0)).rejects.toBeInstanceOf(InvalidArgumentError);
     await expect(ro.discard(0, K64)).rejects.toBeInstanceOf(InvalidArgumentError);
-    expect(() => ro.read(Buffer.alloc(2), SIZE - 1)).toThrow(InvalidArgumentError);
-    expect(() => ro.read(Buffer.alloc(1), -1)).toThrow(InvalidArgumentError);
-    expect(() => ro.read(Buffer.alloc(1), 0.5)).toThrow(InvalidArgumentError);
+    await expect(ro.read(Buffer.alloc(2), SIZE - 1)).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(ro.read(Buffer.alloc(1), -1)).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(ro.read(Buffer.alloc(1), 0.5)).rejects.toBeInstanceOf(InvalidArgumentError);
     await ro.close();
   });
 
