@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a Debian/Ubuntu machine to run the test suite:
-#   1. system tools used by the interop tests (qemu-img/qemu-io, ploop, fallocate, xxd, python3),
+#   1. system tools used by the interop tests (qemu-img/qemu-io, ploop, fallocate, xxd, python3)
+#      and what the native engine builds with (liburing-dev, g++, make),
 #      installed with apt-get only when one of them is missing;
 #   2. the npm dependencies of the project.
 # Safe to run repeatedly. Runs apt-get directly as root, through sudo otherwise.
@@ -12,14 +13,16 @@ export DEBIAN_FRONTEND=noninteractive
 # ploop installs into /usr/sbin, which is not on every user's PATH.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
-packages=(qemu-utils ploop util-linux xxd python3)
-tools=(qemu-img qemu-io ploop fallocate xxd python3)
+packages=(qemu-utils ploop util-linux xxd python3 liburing-dev g++ make)
+tools=(qemu-img qemu-io ploop fallocate xxd python3 g++ make)
 
 missing_tools() {
   local t
   for t in "${tools[@]}"; do
     command -v "$t" >/dev/null 2>&1 || printf '%s ' "$t"
   done
+  # The native ublk engine links liburing statically.
+  [[ -f /usr/include/liburing.h ]] || printf '%s ' liburing.h
 }
 
 missing="$(missing_tools)"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up the machine and run the whole test suite: lint, typecheck, build and tests.
+# Set up the machine and run the whole test suite: lint, typecheck, the native engine's build
+# and host test, then the TypeScript build and tests.
 # Stops at the first failing step with its exit status.
 set -euo pipefail
 
@@ -8,4 +9,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup-test.sh
 npm run lint
 npm run typecheck
+npm run build:native
+npm run test:native
 npm test

@@ -10,6 +10,8 @@ import { exitCodeFor, reason, EXIT } from './output.js';
 const COMMANDS: Record<string, () => Promise<Command[]>> = {
   image: async () => [(await import('./image.js')).imageCommand()],
   csi: async () => [(await import('./csi.js')).csiCommand()],
+  blockd: async () => [(await import('./blockd.js')).blockdCommand()],
+  device: async () => [(await import('./blockd.js')).deviceCommand()],
 };
 
 export async function program(argv: string[]): Promise<Command> {

@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # Fetch the Debian kernels that the VM tests boot, and the host tools they need.
 #
-#   test/vm/fetch-kernels.sh [--refresh] [SERIES...]
+#   test/vm/fetch-kernels.sh [--refresh] [--no-kernels] [SERIES...]
 #
 # SERIES is "6.12" (newest 6.12 kernel from Debian trixie) and/or "7" (newest 7.x kernel from
 # trixie-backports); both by default. The packages are downloaded with `apt-get download` and
 # unpacked with `dpkg -x` into $PLOOP_CSI_VM_CACHE/kernels/<version>/ (default
 # <repo>/.cache/vm) -- nothing is installed on the host. A series that already has a kernel in
 # the cache is skipped unless --refresh is given, which updates the apt lists and fetches a
-# newer kernel when the archive has one.
+# newer kernel when the archive has one. --no-kernels only installs the host packages
+# (qemu-system-x86, busybox-static, cpio, xz-utils, e2fsprogs, xfsprogs, kmod).
 #
 # To make the trixie packages visible, the suites are added to apt with pin priority 100 (see
 # test/vm/README.md), so that no package on the host is ever upgraded from them.
 set -euo pipefail
 
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 HOST_PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils e2fsprogs xfsprogs kmod)
@@ -26,10 +27,12 @@ usage() {
 }
 
 refresh=0
+kernels=1
 series=()
 while [ $# -gt 0 ]; do
   case $1 in
     --refresh) refresh=1 ;;
+    --no-kernels) kernels=0 ;;
     -h | --help)
       usage
       exit 0
@@ -70,6 +73,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   vm_as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     "${missing[@]}" >&2 || vm_die "could not install ${missing[*]}"
 fi
+
+[ "$kernels" -eq 1 ] || exit 0
 
 # --- which kernels are still needed -------------------------------------------------------------
 suite_of() { # SERIES
@@ -194,6 +199,7 @@ for s in "${todo[@]}"; do
   vm_log "kernel $s: $kver ($ver) from $suite: $pkgs"
   dl=$(mktemp -d "$VM_CACHE/download.XXXXXX")
   tmp=$dest.partial
+  trap 'rm -rf "$dl" "$tmp"' EXIT
   rm -rf "$tmp"
   # apt drops privileges to _apt for downloads; let it write into the directory.
   if [ "$(id -u)" -eq 0 ] && id _apt >/dev/null 2>&1; then chown _apt "$dl"; fi
@@ -216,6 +222,7 @@ for s in "${todo[@]}"; do
     "$kver" "$ver" "$suite" "$pkgs" "${image#"$tmp"/}" "${config#"$tmp"/}" >"$tmp/.complete"
   rm -rf "$dest"
   mv "$tmp" "$dest"
+  trap - EXIT
   vm_log "kernel $s: $kver unpacked in $dest (CONFIG_BLK_DEV_UBLK=m)"
 done
 

@@ -1,0 +1,615 @@
+#define _GNU_SOURCE
+#include "ploop.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define NO_HOST UINT64_MAX
+#define HEADER_SIZE 64
+#define SECTOR_SHIFT 9
+
+/* ---- plain file I/O -------------------------------------------------------------------- */
+
+/* Reads len bytes at off; bytes past EOF read as zeros. */
+static int pread_full(int fd, void *buf, size_t len, uint64_t off)
+{
+	size_t done = 0;
+	while (done < len) {
+		ssize_t r = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (r == 0) {
+			memset((char *)buf + done, 0, len - done);
+			break;
+		}
+		done += (size_t)r;
+	}
+	return 0;
+}
+
+static int pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
+{
+	size_t done = 0;
+	while (done < len) {
+		ssize_t r = pwrite(fd, (const char *)buf + done, len - done, (off_t)(off + done));
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		done += (size_t)r;
+	}
+	return 0;
+}
+
+static struct pl_delta *top_of(struct pl_chain *c)
+{
+	return &c->d[c->ndeltas - 1];
+}
+
+static int top_sync(struct pl_chain *c)
+{
+	pl_stats_add(&c->stats->syncs, 1);
+	while (fdatasync(top_of(c)->fd)) {
+		if (errno != EINTR)
+			return -errno;
+	}
+	return 0;
+}
+
+static int is_zero(const uint8_t *p, size_t n)
+{
+	size_t i = 0;
+	for (; i < n && ((uintptr_t)(p + i) & 7); i++)
+		if (p[i])
+			return 0;
+	for (; i + 8 <= n; i += 8)
+		if (*(const uint64_t *)(const void *)(p + i))
+			return 0;
+	for (; i < n; i++)
+		if (p[i])
+			return 0;
+	return 1;
+}
+
+/* Writes zeros over [off, off+len) without fallocate. */
+static int write_zero_bytes(struct pl_chain *c, uint64_t off, uint64_t len)
+{
+	while (len) {
+		size_t n = len < c->cluster ? (size_t)len : c->cluster;
+		int r = pwrite_full(top_of(c)->fd, c->scratch_zero, n, off);
+		if (r)
+			return r;
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+/* Makes a cluster of the top read as zeros and keep its space (ZERO_RANGE, else real zeros). */
+static int zero_keep(struct pl_chain *c, uint64_t host)
+{
+	if (!fallocate(top_of(c)->fd, FALLOC_FL_ZERO_RANGE, (off_t)host, c->cluster))
+		return 0;
+	if (errno != EOPNOTSUPP && errno != EINVAL)
+		return -errno;
+	return write_zero_bytes(c, host, c->cluster);
+}
+
+/* Makes a cluster of the top read as zeros and return its space (hole, else real zeros). */
+static int zero_release(struct pl_chain *c, uint64_t host)
+{
+	if (!fallocate(top_of(c)->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)host,
+		       c->cluster))
+		return 0;
+	if (errno != EOPNOTSUPP && errno != EINVAL)
+		return -errno;
+	return write_zero_bytes(c, host, c->cluster);
+}
+
+/* ---- mapping --------------------------------------------------------------------------- */
+
+static uint32_t bat_load(const struct pl_delta *d, uint32_t vc)
+{
+	return vc < d->nbat ? __atomic_load_n(&d->bat[vc], __ATOMIC_ACQUIRE) : 0;
+}
+
+static uint64_t entry_to_host(const struct pl_chain *c, const struct pl_delta *d, uint32_t e)
+{
+	return d->version == 1 ? (uint64_t)e << SECTOR_SHIFT : (uint64_t)e << c->cluster_shift;
+}
+
+/* Host byte offset of vc in d, or NO_HOST. */
+static uint64_t delta_map(const struct pl_chain *c, const struct pl_delta *d, uint32_t vc)
+{
+	if (d->version == 0) {
+		uint64_t h = (uint64_t)vc << c->cluster_shift;
+		return h < d->raw_size ? h : NO_HOST;
+	}
+	uint32_t e = bat_load(d, vc);
+	return e ? entry_to_host(c, d, e) : NO_HOST;
+}
+
+/* Topmost delta with index < below that maps vc; -1 if none. */
+static int locate(const struct pl_chain *c, uint32_t vc, int below, uint64_t *host)
+{
+	for (int i = below - 1; i >= 0; i--) {
+		uint64_t h = delta_map(c, &c->d[i], vc);
+		if (h != NO_HOST) {
+			*host = h;
+			return i;
+		}
+	}
+	return -1;
+}
+
+uint32_t pl_top_entry(struct pl_chain *c, uint32_t vc)
+{
+	return bat_load(top_of(c), vc);
+}
+
+/* Writes BAT slot vc of the top (little-endian u32 at 64 + 4*vc) and publishes it in memory. */
+static int set_entry(struct pl_chain *c, uint32_t vc, uint32_t e)
+{
+	struct pl_delta *top = top_of(c);
+	uint8_t b[4] = { (uint8_t)e, (uint8_t)(e >> 8), (uint8_t)(e >> 16), (uint8_t)(e >> 24) };
+	int r = pwrite_full(top->fd, b, 4, HEADER_SIZE + 4ULL * vc);
+	if (r)
+		return r;
+	pl_stats_add(&c->stats->bat_writes, 1);
+	__atomic_store_n(&top->bat[vc], e, __ATOMIC_RELEASE);
+	return 0;
+}
+
+static int host_to_entry(struct pl_chain *c, uint64_t host, uint32_t *e)
+{
+	uint64_t v = top_of(c)->version == 1 ? host >> SECTOR_SHIFT : host >> c->cluster_shift;
+	if (v == 0 || v >= 0xffffffffULL)
+		return -EFBIG; /* v1 files end at 2 TiB; 0xffffffff is reserved */
+	*e = (uint32_t)v;
+	return 0;
+}
+
+enum alloc_fill { FILL_DATA, FILL_ZERO_KEEP, FILL_ZERO_HOLE };
+
+/*
+ * Appends a cluster to the top for vc and maps it. Caller holds alloc_mtx and has checked that
+ * the top does not map vc. `src` is a whole cluster for FILL_DATA. When `durable` is set the data
+ * is synced before the BAT slot is written (it carries data copied from a lower delta).
+ */
+static int alloc_cluster(struct pl_chain *c, uint32_t vc, enum alloc_fill fill, const uint8_t *src,
+			 int durable)
+{
+	struct pl_delta *top = top_of(c);
+	uint64_t host = c->next_host;
+	uint32_t e;
+	int r = host_to_entry(c, host, &e);
+	if (r)
+		return r;
+	c->next_host += c->cluster;
+	switch (fill) {
+	case FILL_DATA:
+		r = pwrite_full(top->fd, src, c->cluster, host);
+		break;
+	case FILL_ZERO_KEEP:
+		if (fallocate(top->fd, 0, (off_t)host, c->cluster)) {
+			r = (errno == EOPNOTSUPP || errno == EINVAL) ? write_zero_bytes(c, host, c->cluster)
+								     : -errno;
+		}
+		break;
+	case FILL_ZERO_HOLE: {
+		struct stat st;
+		if (fstat(top->fd, &st))
+			r = -errno;
+		else if ((uint64_t)st.st_size < host + c->cluster &&
+			 ftruncate(top->fd, (off_t)(host + c->cluster)))
+			r = -errno;
+		break;
+	}
+	}
+	if (!r && durable)
+		r = top_sync(c);
+	if (!r)
+		r = set_entry(c, vc, e);
+	if (r)
+		return r;
+	pl_stats_add(&c->stats->alloc_clusters, 1);
+	if (durable)
+		pl_stats_add(&c->stats->cow_clusters, 1);
+	return 0;
+}
+
+/* ---- chain ----------------------------------------------------------------------------- */
+
+int pl_chain_open(const struct pl_delta_config *cfg, int n, uint32_t cluster, uint64_t size,
+		  struct pl_stats *stats, struct pl_chain **out, char *err, size_t errlen)
+{
+	if (n < 1 || n > PL_MAX_DELTAS) {
+		snprintf(err, errlen, "a chain has 1 to %d deltas, got %d", PL_MAX_DELTAS, n);
+		return -EINVAL;
+	}
+	if (cluster < 4096 || (cluster & (cluster - 1)) || cluster > (256U << 20)) {
+		snprintf(err, errlen, "cluster size %u is not a power of two >= 4096", cluster);
+		return -EINVAL;
+	}
+	struct pl_chain *c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->d = calloc((size_t)n, sizeof(*c->d));
+	if (!c->d) {
+		free(c);
+		return -ENOMEM;
+	}
+	for (int i = 0; i < n; i++)
+		c->d[i].fd = -1;
+	c->ndeltas = n;
+	c->cluster = cluster;
+	c->cluster_shift = (unsigned)__builtin_ctz(cluster);
+	c->size = size;
+	c->stats = stats;
+	pthread_mutex_init(&c->alloc_mtx, NULL);
+	pthread_mutex_init(&c->flush_mtx, NULL);
+	c->scratch = MAP_FAILED;
+	c->scratch_zero = MAP_FAILED;
+	int r = 0;
+
+	for (int i = 0; i < n && !r; i++) {
+		const struct pl_delta_config *dc = &cfg[i];
+		struct pl_delta *d = &c->d[i];
+		if (dc->version < 0 || dc->version > 2 || (dc->version == 0 && i != 0)) {
+			snprintf(err, errlen, "delta %d: version %d (a raw delta must be the base)", i,
+				 dc->version);
+			r = -EINVAL;
+			break;
+		}
+		if (dc->writable && i != n - 1) {
+			snprintf(err, errlen, "delta %d: only the top delta may be writable", i);
+			r = -EINVAL;
+			break;
+		}
+		if (dc->writable && dc->version == 0) {
+			snprintf(err, errlen, "a raw image cannot be the writable top");
+			r = -EINVAL;
+			break;
+		}
+		d->fd = fcntl(dc->fd, F_DUPFD_CLOEXEC, 3);
+		if (d->fd < 0) {
+			r = -errno;
+			snprintf(err, errlen, "delta %d: fd %d: %s", i, dc->fd, strerror(errno));
+			break;
+		}
+		d->version = dc->version;
+		d->writable = dc->writable;
+		d->data_off = dc->data_off;
+		struct stat st;
+		if (fstat(d->fd, &st)) {
+			r = -errno;
+			snprintf(err, errlen, "delta %d: fstat: %s", i, strerror(errno));
+			break;
+		}
+		if (d->version == 0) {
+			d->raw_size = (uint64_t)st.st_size;
+			continue;
+		}
+		if (!dc->bat || !dc->bat_entries || dc->data_off < HEADER_SIZE + 4ULL * dc->bat_entries ||
+		    (d->version == 2 && dc->data_off % cluster)) {
+			snprintf(err, errlen, "delta %d: BAT of %u entries / data offset %llu invalid", i,
+				 dc->bat_entries, (unsigned long long)dc->data_off);
+			r = -EINVAL;
+			break;
+		}
+		d->nbat = dc->bat_entries;
+		d->bat = malloc((size_t)d->nbat * 4);
+		if (!d->bat) {
+			r = -ENOMEM;
+			snprintf(err, errlen, "out of memory for a BAT of %u entries", d->nbat);
+			break;
+		}
+		memcpy(d->bat, dc->bat, (size_t)d->nbat * 4);
+		if (i == n - 1) {
+			uint64_t fsz = (uint64_t)st.st_size;
+			uint64_t used = fsz > d->data_off ? fsz - d->data_off : 0;
+			uint64_t next = d->data_off + ((used + cluster - 1) / cluster) * cluster;
+			for (uint32_t k = 0; k < d->nbat; k++) {
+				if (d->bat[k]) {
+					uint64_t end = entry_to_host(c, d, d->bat[k]) + cluster;
+					if (end > next)
+						next = end;
+				}
+			}
+			c->next_host = next;
+		}
+	}
+	if (!r) {
+		c->read_only = !c->d[n - 1].writable;
+		c->scratch = mmap(NULL, cluster, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		c->scratch_zero = mmap(NULL, cluster, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (c->scratch == MAP_FAILED || c->scratch_zero == MAP_FAILED) {
+			r = -ENOMEM;
+			snprintf(err, errlen, "out of memory for cluster buffers");
+		}
+	}
+	if (r) {
+		pl_chain_close(c);
+		return r;
+	}
+	*out = c;
+	return 0;
+}
+
+void pl_chain_close(struct pl_chain *c)
+{
+	if (!c)
+		return;
+	for (int i = 0; i < c->ndeltas; i++) {
+		if (c->d[i].fd >= 0)
+			close(c->d[i].fd);
+		free(c->d[i].bat);
+	}
+	if (c->scratch != MAP_FAILED)
+		munmap(c->scratch, c->cluster);
+	if (c->scratch_zero != MAP_FAILED)
+		munmap((void *)c->scratch_zero, c->cluster);
+	free(c->released);
+	pthread_mutex_destroy(&c->alloc_mtx);
+	pthread_mutex_destroy(&c->flush_mtx);
+	free(c->d);
+	free(c);
+}
+
+/* ---- requests -------------------------------------------------------------------------- */
+
+int pl_read(struct pl_chain *c, uint8_t *buf, uint64_t off, uint64_t len)
+{
+	while (len) {
+		uint64_t vcl = off >> c->cluster_shift;
+		uint32_t in = (uint32_t)(off & (c->cluster - 1));
+		uint64_t n = c->cluster - in;
+		if (n > len)
+			n = len;
+		uint64_t host;
+		int i = vcl > UINT32_MAX ? -1 : locate(c, (uint32_t)vcl, c->ndeltas, &host);
+		if (i < 0) {
+			memset(buf, 0, n);
+		} else {
+			int r = pread_full(c->d[i].fd, buf, n, host + in);
+			if (r)
+				return r;
+		}
+		buf += n;
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+/* One write inside a single cluster. */
+static int write_segment(struct pl_chain *c, const uint8_t *data, uint32_t vc, uint32_t in,
+			 uint32_t n)
+{
+	struct pl_delta *top = top_of(c);
+	if (vc >= top->nbat)
+		return -ENOSPC;
+	uint64_t host = delta_map(c, top, vc);
+	if (host != NO_HOST)
+		return pwrite_full(top->fd, data, n, host + in);
+
+	pthread_mutex_lock(&c->alloc_mtx);
+	int r;
+	host = delta_map(c, top, vc);
+	if (host != NO_HOST) {
+		r = pwrite_full(top->fd, data, n, host + in);
+		goto out;
+	}
+	uint64_t lhost = 0;
+	int li = locate(c, vc, c->ndeltas - 1, &lhost);
+	if (li < 0 && is_zero(data, n)) {
+		/* zeros over a cluster mapped nowhere: already reads as zeros */
+		pl_stats_add(&c->stats->zero_skips, 1);
+		r = 0;
+		goto out;
+	}
+	const uint8_t *src = data;
+	if (n != c->cluster) {
+		if (li >= 0) {
+			r = pread_full(c->d[li].fd, c->scratch, c->cluster, lhost);
+			if (r)
+				goto out;
+		} else {
+			memset(c->scratch, 0, c->cluster);
+		}
+		memcpy(c->scratch + in, data, n);
+		src = c->scratch;
+	}
+	r = alloc_cluster(c, vc, FILL_DATA, src, li >= 0);
+out:
+	pthread_mutex_unlock(&c->alloc_mtx);
+	return r;
+}
+
+static int write_range(struct pl_chain *c, const uint8_t *buf, uint64_t off, uint64_t len,
+		       int zeros)
+{
+	while (len) {
+		uint64_t vcl = off >> c->cluster_shift;
+		uint32_t in = (uint32_t)(off & (c->cluster - 1));
+		uint64_t n = c->cluster - in;
+		if (n > len)
+			n = len;
+		if (vcl > UINT32_MAX)
+			return -ENOSPC;
+		int r = write_segment(c, zeros ? c->scratch_zero : buf, (uint32_t)vcl, in, (uint32_t)n);
+		if (r)
+			return r;
+		if (!zeros)
+			buf += n;
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+int pl_write(struct pl_chain *c, const uint8_t *buf, uint64_t off, uint64_t len, int fua)
+{
+	if (c->read_only)
+		return -EROFS;
+	int r = write_range(c, buf, off, len, 0);
+	if (!r && fua)
+		r = pl_flush(c);
+	return r;
+}
+
+int pl_flush(struct pl_chain *c)
+{
+	if (c->read_only)
+		return 0;
+	pthread_mutex_lock(&c->flush_mtx);
+	pthread_mutex_lock(&c->alloc_mtx);
+	uint64_t *rel = c->released;
+	size_t nrel = c->nreleased;
+	c->released = NULL;
+	c->nreleased = c->released_cap = 0;
+	pthread_mutex_unlock(&c->alloc_mtx);
+
+	/* Data and every BAT slot written so far (they are in the same file) become durable. */
+	int r = top_sync(c);
+	if (!r) {
+		/* The zeroed entries of released clusters are durable now: return their space. */
+		for (size_t i = 0; i < nrel; i++) {
+			if (!fallocate(top_of(c)->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				       (off_t)rel[i], c->cluster))
+				pl_stats_add(&c->stats->punched_clusters, 1);
+		}
+		free(rel);
+	} else if (nrel) {
+		/* keep them for the next flush */
+		pthread_mutex_lock(&c->alloc_mtx);
+		uint64_t *merged = realloc(rel, (nrel + c->nreleased) * sizeof(*rel));
+		if (merged) {
+			if (c->nreleased)
+				memcpy(merged + nrel, c->released, c->nreleased * sizeof(*rel));
+			free(c->released);
+			c->released = merged;
+			c->nreleased += nrel;
+			c->released_cap = c->nreleased;
+		} else {
+			free(rel); /* the clusters stay leaked until compaction */
+		}
+		pthread_mutex_unlock(&c->alloc_mtx);
+	}
+	pthread_mutex_unlock(&c->flush_mtx);
+	return r;
+}
+
+static int push_released(struct pl_chain *c, uint64_t host)
+{
+	if (c->nreleased == c->released_cap) {
+		size_t cap = c->released_cap ? c->released_cap * 2 : 64;
+		uint64_t *p = realloc(c->released, cap * sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		c->released = p;
+		c->released_cap = cap;
+	}
+	c->released[c->nreleased++] = host;
+	return 0;
+}
+
+/*
+ * Makes whole clusters [first, end) read as zeros. keep = the space must stay allocated
+ * (WRITE_ZEROES with NOUNMAP). A BAT entry is only cleared when no lower delta maps the cluster;
+ * over lower data the top keeps (or gets) a cluster of zeros.
+ */
+static int zero_clusters(struct pl_chain *c, uint64_t first, uint64_t end, int keep)
+{
+	struct pl_delta *top = top_of(c);
+	for (uint64_t v = first; v < end; v++) {
+		if (v >= top->nbat)
+			return -ENOSPC;
+		uint32_t vc = (uint32_t)v;
+		int r = 0;
+		pthread_mutex_lock(&c->alloc_mtx);
+		uint64_t host = delta_map(c, top, vc), lhost;
+		int lower = locate(c, vc, c->ndeltas - 1, &lhost) >= 0;
+		if (host != NO_HOST) {
+			if (!lower && !keep) {
+				r = push_released(c, host);
+				if (!r)
+					r = set_entry(c, vc, 0);
+				if (!r)
+					pl_stats_add(&c->stats->released_clusters, 1);
+				else if (c->nreleased && c->released[c->nreleased - 1] == host)
+					c->nreleased--;
+			} else {
+				r = keep ? zero_keep(c, host) : zero_release(c, host);
+			}
+		} else if (lower || keep) {
+			r = alloc_cluster(c, vc, keep ? FILL_ZERO_KEEP : FILL_ZERO_HOLE, NULL, 0);
+		}
+		pthread_mutex_unlock(&c->alloc_mtx);
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+int pl_discard(struct pl_chain *c, uint64_t off, uint64_t len)
+{
+	if (c->read_only)
+		return -EROFS;
+	/* Only whole clusters are released; partial ones are left as they are (discard is a hint). */
+	uint64_t first = (off + c->cluster - 1) >> c->cluster_shift;
+	uint64_t end = (off + len) >> c->cluster_shift;
+	return first < end ? zero_clusters(c, first, end, 0) : 0;
+}
+
+int pl_write_zeroes(struct pl_chain *c, uint64_t off, uint64_t len, int no_unmap)
+{
+	if (c->read_only)
+		return -EROFS;
+	uint64_t first = (off + c->cluster - 1) >> c->cluster_shift;
+	uint64_t end = (off + len) >> c->cluster_shift;
+	if (first >= end)
+		return write_range(c, NULL, off, len, 1);
+	uint64_t a = first << c->cluster_shift, b = end << c->cluster_shift;
+	int r = write_range(c, NULL, off, a - off, 1);
+	if (!r)
+		r = zero_clusters(c, first, end, no_unmap);
+	if (!r)
+		r = write_range(c, NULL, b, off + len - b, 1);
+	return r;
+}
+
+int pl_merge_cluster(struct pl_chain *c, int index, uint32_t vc)
+{
+	if (index < 0 || index >= c->ndeltas - 1 || c->read_only)
+		return -EINVAL;
+	struct pl_delta *top = top_of(c);
+	if (vc >= top->nbat)
+		return 0;
+	int r = 0;
+	pthread_mutex_lock(&c->alloc_mtx);
+	uint64_t lhost = 0;
+	if (delta_map(c, top, vc) == NO_HOST && delta_map(c, &c->d[index], vc) != NO_HOST) {
+		int li = locate(c, vc, c->ndeltas - 1, &lhost);
+		r = pread_full(c->d[li].fd, c->scratch, c->cluster, lhost);
+		if (!r)
+			r = alloc_cluster(c, vc, FILL_DATA, c->scratch, 1);
+		if (!r) {
+			pl_stats_add(&c->stats->merged_clusters, 1);
+			r = 1;
+		}
+	}
+	pthread_mutex_unlock(&c->alloc_mtx);
+	return r;
+}

@@ -1,0 +1,86 @@
+/*
+ * The ploop delta chain as the data path sees it (ploop-format.md §1.3, §1.10, §3, §5).
+ *
+ * Deltas are ordered base (0) .. top (n-1). Reads fall through from the top to the first delta
+ * that maps a cluster; unmapped clusters read as zeros. Writes go to the top only: a cluster the
+ * top does not map is allocated whole at the top's end (copy-on-write from the delta below that
+ * maps it, else zero padding).
+ *
+ * Ordering (crash rules): a new cluster's data is written before the BAT slot that points at it;
+ * when the cluster carries data copied from a lower delta, that data is made durable (fdatasync)
+ * before the slot is written, so a power loss can never expose zeros where lower data was. The
+ * slot itself is written to the image right away (not only at FLUSH): the server process can be
+ * killed and recovered while the page cache keeps everything it wrote, so a recovered server that
+ * re-reads the BAT from the file sees every allocation the previous one acknowledged. FLUSH then
+ * only needs one fdatasync of the top, after which clusters released by DISCARD are punched.
+ * Every operation is idempotent, so requests re-issued after a recovery are harmless.
+ */
+#ifndef PLOOP_UBLK_PLOOP_H
+#define PLOOP_UBLK_PLOOP_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "stats.h"
+
+#define PL_MAX_DELTAS 256
+
+struct pl_delta_config {
+	int fd;               /* duplicated (close-on-exec); the caller keeps its own descriptor */
+	int version;          /* 1 (BAT in sectors), 2 (BAT in clusters) or 0 (raw base) */
+	uint64_t data_off;    /* bytes; ignored for raw */
+	const uint32_t *bat;  /* copied; NULL for raw */
+	uint32_t bat_entries;
+	int writable;         /* only the top may be writable */
+};
+
+struct pl_delta {
+	int fd;
+	int version;
+	uint64_t data_off;
+	uint32_t *bat;
+	uint32_t nbat;
+	uint64_t raw_size; /* raw base: file size */
+	int writable;
+};
+
+struct pl_chain {
+	int ndeltas;
+	struct pl_delta *d;
+	uint32_t cluster;
+	unsigned cluster_shift;
+	uint64_t size; /* bytes served by the device */
+	int read_only; /* top not writable */
+
+	pthread_mutex_t alloc_mtx; /* allocation, BAT changes, release list */
+	pthread_mutex_t flush_mtx; /* one FLUSH at a time */
+	uint64_t next_host;        /* where the next top cluster goes */
+	uint64_t *released;        /* top clusters unmapped since the last flush */
+	size_t nreleased, released_cap;
+	uint8_t *scratch;            /* one cluster, used under alloc_mtx */
+	const uint8_t *scratch_zero; /* one cluster of zeros (read-only anonymous map) */
+	unsigned debug_delay_ms;
+	struct pl_stats *stats;
+};
+
+/* Builds a chain; returns 0 or -errno with a message in err. */
+int pl_chain_open(const struct pl_delta_config *cfg, int n, uint32_t cluster, uint64_t size,
+		  struct pl_stats *stats, struct pl_chain **out, char *err, size_t errlen);
+void pl_chain_close(struct pl_chain *c);
+
+/* Request handlers: 0 / bytes on success, -errno on failure. */
+int pl_read(struct pl_chain *c, uint8_t *buf, uint64_t off, uint64_t len);
+int pl_write(struct pl_chain *c, const uint8_t *buf, uint64_t off, uint64_t len, int fua);
+int pl_flush(struct pl_chain *c);
+int pl_discard(struct pl_chain *c, uint64_t off, uint64_t len);
+int pl_write_zeroes(struct pl_chain *c, uint64_t off, uint64_t len, int no_unmap);
+
+/* Background merge step: copies virtual cluster vc as seen below the top into the top when
+ * delta `index` maps it and the top does not. Returns 1 if copied, 0 if nothing to do. */
+int pl_merge_cluster(struct pl_chain *c, int index, uint32_t vc);
+
+/* Current BAT entry of the top for vc (for tests and reporting). */
+uint32_t pl_top_entry(struct pl_chain *c, uint32_t vc);
+
+#endif

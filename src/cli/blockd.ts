@@ -1,0 +1,161 @@
+/** `ploop-csi blockd` (the device daemon) and `ploop-csi device …` (its client). */
+import { spawnSync } from 'node:child_process';
+import { Command } from 'commander';
+import { Blockd } from '../blockdev/daemon.js';
+import { serve } from '../blockdev/api.js';
+import { BlockdClient } from '../blockdev/client.js';
+import { parseSize } from '../ploop/index.js';
+import { OutputOptions, print } from './output.js';
+
+export const DEFAULT_BLOCKD_SOCKET = '/run/ploop-csi/blockd.sock';
+export const DEFAULT_STATE_DIR = '/var/lib/ploop-csi/blockd';
+const NS_MARK = 'PLOOP_CSI_BLOCKD_PRIVATE_NS';
+
+/**
+ * blockd must not share the mount namespace in which its devices are mounted (ublk.md §0.4):
+ * re-run itself under `unshare --mount --propagation private` unless told not to.
+ */
+function enterOwnMountNamespace(): boolean {
+  if (process.env[NS_MARK] === '1' || process.env[NS_MARK] === 'off') return false;
+  const r = spawnSync(
+    'unshare',
+    [
+      '--mount',
+      '--propagation',
+      'private',
+      process.execPath,
+      ...process.execArgv,
+      ...process.argv.slice(1),
+    ],
+    {
+      stdio: 'inherit',
+      env: { ...process.env, [NS_MARK]: '1' },
+    },
+  );
+  if (r.error) {
+    process.stderr.write(
+      `ploop-csi blockd: cannot enter a private mount namespace (${r.error.message}); set ${NS_MARK}=off to run without one\n`,
+    );
+    process.exitCode = 1;
+    return true;
+  }
+  process.exitCode = r.status ?? (r.signal ? 128 : 1);
+  return true;
+}
+
+function log(msg: string, fields?: Record<string, unknown>): void {
+  process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), msg, ...fields })}\n`);
+}
+
+export function blockdCommand(): Command {
+  return new Command('blockd')
+    .description('run the daemon that owns the ublk devices of this node')
+    .option(
+      '--state-dir <dir>',
+      'where the device table is kept',
+      process.env.PLOOP_CSI_BLOCKD_STATE_DIR ?? DEFAULT_STATE_DIR,
+    )
+    .option(
+      '--socket <path>',
+      'control socket',
+      process.env.PLOOP_CSI_BLOCKD_SOCKET ?? DEFAULT_BLOCKD_SOCKET,
+    )
+    .option('--queues <n>', 'ublk queues per device', '1')
+    .option('--depth <n>', 'requests in flight per queue', '64')
+    .action(async (o: { stateDir: string; socket: string; queues: string; depth: string }) => {
+      if (enterOwnMountNamespace()) return;
+      const { mkdir } = await import('node:fs/promises');
+      const path = await import('node:path');
+      await mkdir(path.dirname(o.socket), { recursive: true, mode: 0o700 });
+      const d = new Blockd({
+        stateDir: o.stateDir,
+        queues: Number(o.queues),
+        depth: Number(o.depth),
+        log,
+      });
+      const p = d.probe();
+      log('starting', { kernel: p.kernel, ublk: p.available, reason: p.reason });
+      await d.start();
+      const server = await serve(d, o.socket);
+      log('serving', { socket: o.socket });
+      await new Promise<void>((resolve) => {
+        const stop = (sig: string) => {
+          log('hand-over', { signal: sig });
+          server.close();
+          void d.handOver().finally(resolve);
+        };
+        process.once('SIGTERM', () => stop('SIGTERM'));
+        process.once('SIGINT', () => stop('SIGINT'));
+      });
+      // Devices stay; their I/O waits for the next blockd, which recovers them.
+      process.exit(0);
+    });
+}
+
+export function deviceCommand(): Command {
+  const dev = new Command('device').description('attach and manage ublk devices through blockd');
+  const common = (c: Command) =>
+    c
+      .option(
+        '--socket <path>',
+        'blockd control socket',
+        process.env.PLOOP_CSI_BLOCKD_SOCKET ?? DEFAULT_BLOCKD_SOCKET,
+      )
+      .option('--json', 'machine-readable output');
+  type O = OutputOptions & { socket: string };
+  const client = (o: O) => new BlockdClient(o.socket);
+
+  common(
+    dev
+      .command('attach <path>')
+      .description(
+        'serve a disk (DiskDescriptor.xml or image) as a block device; prints the device',
+      ),
+  ).action(async (p: string, o: O) => {
+    const r = await client(o).attach(p);
+    print(o, r, () => r.blockPath);
+  });
+  common(
+    dev.command('detach <device>').description('stop serving a device and close its image clean'),
+  ).action(async (device: string, o: O) => {
+    await client(o).detach(device);
+    print(o, { detached: device }, () => '');
+  });
+  common(dev.command('list').description('list attached devices')).action(async (o: O) => {
+    const list = await client(o).list();
+    print(o, list, () =>
+      list.map((r) => `${r.blockPath}\t${r.state}\t${r.sizeBytes}\t${r.target}`).join('\n'),
+    );
+  });
+  common(dev.command('stats <device>').description('I/O counters of a device')).action(
+    async (device: string, o: O) => {
+      const s = await client(o).stats(device);
+      print(o, s, () => JSON.stringify(s, null, 2));
+    },
+  );
+  common(
+    dev.command('snapshot <device>').description('online snapshot; prints the snapshot GUID'),
+  ).action(async (device: string, o: O) => {
+    const guid = await client(o).snapshot(device);
+    print(o, { guid }, () => guid);
+  });
+  common(
+    dev
+      .command('grow <device>')
+      .description('online grow')
+      .requiredOption('--size <size>', 'new size (K/M/G/T suffixes)'),
+  ).action(async (device: string, o: O & { size: string }) => {
+    const size = await client(o).grow(device, parseSize(o.size));
+    print(o, { sizeBytes: size }, () => `grown to ${size} bytes`);
+  });
+  common(
+    dev
+      .command('merge <device>')
+      .description('merge the snapshot right below the live top into it, while I/O goes on')
+      .requiredOption('--id <guid>', 'snapshot GUID'),
+  ).action(async (device: string, o: O & { id: string }) => {
+    await client(o).merge(device, o.id);
+    print(o, { merged: o.id }, () => `merged ${o.id}`);
+  });
+  return dev;
+}

@@ -1,0 +1,247 @@
+/*
+ * Host test of the native ploop engine (src/blockdev/native/ploop.c) without ublk: random
+ * reads, writes, discards and write-zeroes on one- and two-delta chains, compared with an
+ * in-memory model. Every few operations the chain is dropped without a flush (as when the server
+ * process is killed) and reopened from the BAT in the files, and every request is sometimes
+ * executed twice (as after a recovery re-issues it). Both format versions are covered.
+ *
+ *   test/native/run-engine-test.sh     (builds with cc and runs it; exit status 0 = pass)
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ploop.h"
+
+#define CLUSTER (64u << 10)
+#define NCLUSTERS 48u
+#define SIZE ((uint64_t)CLUSTER * NCLUSTERS)
+
+static struct pl_stats stats;
+static uint8_t model[SIZE];
+static uint8_t buf[4 * CLUSTER];
+static unsigned long checks;
+static char dir[256];
+
+#define FAIL(...)                                                                                  \
+	do {                                                                                       \
+		fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                              \
+		fprintf(stderr, __VA_ARGS__);                                                      \
+		fprintf(stderr, "\n");                                                             \
+		exit(1);                                                                           \
+	} while (0)
+
+static uint64_t rnd(uint64_t n)
+{
+	return ((uint64_t)random() << 31 ^ (uint64_t)random()) % n;
+}
+
+/* A fresh delta file: header + zeroed BAT in the first cluster (data_off = one cluster). */
+static void create_image(const char *path, int version)
+{
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		FAIL("create %s: %s", path, strerror(errno));
+	uint8_t h[CLUSTER];
+	memset(h, 0, sizeof(h));
+	memcpy(h, version == 1 ? "WithoutFreeSpace" : "WithouFreSpacExt", 16);
+	uint32_t v32[] = { 2, 16, (uint32_t)(SIZE / 512 / 16 / 32), CLUSTER / 512, NCLUSTERS };
+	memcpy(h + 16, v32, sizeof(v32));
+	uint64_t sectors = SIZE / 512;
+	memcpy(h + 36, &sectors, 8);
+	uint32_t data_off = CLUSTER / 512;
+	memcpy(h + 48, &data_off, 4);
+	if (pwrite(fd, h, sizeof(h), 0) != (ssize_t)sizeof(h))
+		FAIL("write header");
+	close(fd);
+}
+
+struct chain_files {
+	int n;
+	char path[2][300];
+	int version;
+};
+
+/* Opens the chain with BATs read from the files now (as the control plane does). */
+static struct pl_chain *open_chain(struct chain_files *f)
+{
+	struct pl_delta_config cfg[2];
+	uint32_t *bats[2];
+	int fds[2];
+	for (int i = 0; i < f->n; i++) {
+		int top = i == f->n - 1;
+		fds[i] = open(f->path[i], (top ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+		if (fds[i] < 0)
+			FAIL("open %s", f->path[i]);
+		bats[i] = calloc(NCLUSTERS, 4);
+		if (pread(fds[i], bats[i], NCLUSTERS * 4, 64) != NCLUSTERS * 4)
+			FAIL("read BAT");
+		cfg[i] = (struct pl_delta_config){ .fd = fds[i], .version = f->version,
+						   .data_off = CLUSTER, .bat = bats[i],
+						   .bat_entries = NCLUSTERS, .writable = top };
+	}
+	struct pl_chain *c;
+	char err[256];
+	int r = pl_chain_open(cfg, f->n, CLUSTER, SIZE, &stats, &c, err, sizeof(err));
+	for (int i = 0; i < f->n; i++) {
+		close(fds[i]); /* the engine keeps its own duplicates */
+		free(bats[i]);
+	}
+	if (r)
+		FAIL("pl_chain_open: %s", err);
+	return c;
+}
+
+/* Structural check of one delta file: entries aligned, inside the file, unique. */
+static void check_file(const char *path, int version)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	fstat(fd, &st);
+	uint32_t bat[NCLUSTERS];
+	if (pread(fd, bat, sizeof(bat), 64) != (ssize_t)sizeof(bat))
+		FAIL("read BAT");
+	close(fd);
+	for (unsigned i = 0; i < NCLUSTERS; i++) {
+		if (!bat[i])
+			continue;
+		uint64_t host = version == 1 ? (uint64_t)bat[i] * 512 : (uint64_t)bat[i] * CLUSTER;
+		if (host < CLUSTER || host % CLUSTER)
+			FAIL("%s: entry %u = %u misplaced", path, i, bat[i]);
+		if (host + CLUSTER > (uint64_t)st.st_size)
+			FAIL("%s: entry %u beyond EOF", path, i);
+		for (unsigned j = 0; j < i; j++)
+			if (bat[j] == bat[i])
+				FAIL("%s: entries %u and %u share cluster %u", path, j, i, bat[i]);
+	}
+}
+
+static void verify(struct pl_chain *c, const char *when)
+{
+	static uint8_t got[SIZE];
+	int r = pl_read(c, got, 0, SIZE);
+	if (r)
+		FAIL("%s: read: %s", when, strerror(-r));
+	if (memcmp(got, model, SIZE)) {
+		for (uint64_t i = 0; i < SIZE; i++)
+			if (got[i] != model[i])
+				FAIL("%s: byte %llu (cluster %llu) is %u, expected %u", when,
+				     (unsigned long long)i, (unsigned long long)(i / CLUSTER), got[i], model[i]);
+	}
+	checks++;
+}
+
+/* One random request, sometimes executed twice (re-issue after recovery). */
+static void random_op(struct pl_chain *c)
+{
+	uint64_t off = rnd(SIZE / 512) * 512;
+	uint64_t len = (1 + rnd(sizeof(buf) / 512)) * 512;
+	if (off + len > SIZE)
+		len = SIZE - off;
+	int times = rnd(4) == 0 ? 2 : 1;
+	int kind = (int)rnd(10);
+	for (int t = 0; t < times; t++) {
+		int r = 0;
+		if (kind < 5) {
+			if (t == 0) {
+				if (rnd(3) == 0)
+					memset(buf, 0, len); /* zero data: may skip allocation */
+				else
+					for (uint64_t i = 0; i < len; i++)
+						buf[i] = (uint8_t)random();
+			}
+			r = pl_write(c, buf, off, len, rnd(8) == 0);
+			memcpy(model + off, buf, len);
+		} else if (kind < 7) {
+			r = pl_discard(c, off, len);
+			uint64_t a = (off + CLUSTER - 1) / CLUSTER * CLUSTER, b = (off + len) / CLUSTER * CLUSTER;
+			if (a < b)
+				memset(model + a, 0, b - a); /* whole clusters read as zeros */
+		} else if (kind < 9) {
+			r = pl_write_zeroes(c, off, len, (int)rnd(2));
+			memset(model + off, 0, len);
+		} else {
+			r = pl_flush(c);
+		}
+		if (r)
+			FAIL("op %d at %llu+%llu: %s", kind, (unsigned long long)off, (unsigned long long)len,
+			     strerror(-r));
+	}
+}
+
+static void run(int version, int two_deltas, unsigned seed)
+{
+	srandom(seed);
+	memset(model, 0, sizeof(model));
+	struct chain_files f = { .n = 1, .version = version };
+	snprintf(f.path[0], sizeof(f.path[0]), "%s/base-v%d.hds", dir, version);
+	create_image(f.path[0], version);
+	struct pl_chain *c = open_chain(&f);
+	if (two_deltas) {
+		/* fill part of the base, then stack an empty top on it */
+		for (int i = 0; i < 60; i++)
+			random_op(c);
+		pl_flush(c);
+		pl_chain_close(c);
+		f.n = 2;
+		snprintf(f.path[1], sizeof(f.path[1]), "%s/top-v%d.hds", dir, version);
+		create_image(f.path[1], version);
+		c = open_chain(&f);
+		verify(c, "after stacking a top");
+	}
+	for (int round = 0; round < 40; round++) {
+		int n = 1 + (int)rnd(25);
+		for (int i = 0; i < n; i++)
+			random_op(c);
+		verify(c, "live");
+		if (round % 3 == 0) {
+			/* killed server: nothing flushed, reopened from the BAT in the files */
+			pl_chain_close(c);
+			c = open_chain(&f);
+			verify(c, "reopened without flush");
+		}
+		if (two_deltas && round == 4) {
+			/* background merge of the base into the top, then the top alone */
+			for (uint32_t vc = 0; vc < NCLUSTERS; vc++)
+				if (pl_merge_cluster(c, 0, vc) < 0)
+					FAIL("merge %u", vc);
+			pl_flush(c);
+			pl_chain_close(c);
+			f.n = 1;
+			memcpy(f.path[0], f.path[1], sizeof(f.path[0]));
+			c = open_chain(&f);
+			verify(c, "after merge, top alone");
+		}
+	}
+	pl_flush(c);
+	pl_chain_close(c);
+	for (int i = 0; i < f.n; i++)
+		check_file(f.path[i], version);
+	c = open_chain(&f);
+	verify(c, "final");
+	pl_chain_close(c);
+}
+
+int main(int argc, char **argv)
+{
+	snprintf(dir, sizeof(dir), "%s", argc > 1 ? argv[1] : "/tmp");
+	unsigned seeds = argc > 2 ? (unsigned)atoi(argv[2]) : 4;
+	for (unsigned s = 1; s <= seeds; s++) {
+		for (int v = 1; v <= 2; v++) {
+			run(v, 0, s * 7 + (unsigned)v);
+			run(v, 1, s * 13 + (unsigned)v);
+		}
+	}
+	printf("ploop engine: %lu comparisons, %llu allocations (%llu copied), %llu released, "
+	       "%llu punched, %llu zero writes skipped, %llu merged\n",
+	       checks, (unsigned long long)stats.alloc_clusters, (unsigned long long)stats.cow_clusters,
+	       (unsigned long long)stats.released_clusters, (unsigned long long)stats.punched_clusters,
+	       (unsigned long long)stats.zero_skips, (unsigned long long)stats.merged_clusters);
+	printf("%u passed, 0 failed\n", seeds * 4);
+	return 0;
+}

@@ -1,0 +1,83 @@
+#!/bin/sh
+# Runs inside a test VM: test/vm/run-in-vm.sh KVER test/vm/native-smoke.sh
+#
+# End-to-end check of the native ublk engine (src/blockdev/native, built with
+# `npx node-gyp rebuild`) and its TypeScript binding (built with `npx tsc -p .`): a ploop image is
+# created with the project's CLI on an ext4 pool (a loop device in the VM's memory), then
+# native-smoke.mjs serves it as /dev/ublkbN (mkfs, mount, files, online snapshot and merge,
+# discard/write-zeroes checks, kill -9 of the server and recovery), and qemu-img checks every
+# image afterwards. Logs and native-smoke.json go to the results share.
+# Exit status: 0 when every step passed.
+set -u
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+results=${PLOOP_CSI_VM_RESULTS:-/tmp}
+work=/tmp/native-smoke
+now() { cut -d' ' -f1 /proc/uptime; }
+say() { echo "[native-smoke] $*"; }
+t_start=$(now)
+
+for f in "$repo/build/Release/ploop_ublk.node" "$repo/dist/src/blockdev/native.js" "$repo/dist/src/cli/main.js"; do
+  [ -f "$f" ] || { say "missing $f: build on the host first (npx node-gyp rebuild; npx tsc -p .)"; exit 1; }
+done
+say "kernel $(uname -r); io_uring_disabled=$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo n/a)"
+
+rm -rf "$work" && mkdir -p "$work/pool" || exit 1
+if ! { truncate -s 768M "$work/pool.img" && mkfs.ext4 -q "$work/pool.img" && mount -o loop "$work/pool.img" "$work/pool"; }; then
+  say "could not set up the ext4 pool"
+  exit 1
+fi
+cd "$repo" || exit 1
+
+t=$(now)
+node dist/src/cli/main.js image create "$work/pool/vol.hds" --size 256M || { say "image create failed"; exit 1; }
+say "image create (CLI, one Node start): $(awk -v a="$t" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')s"
+
+# Watchdog: when the kernel reports tasks blocked on I/O, record where every thread of the Node
+# processes is and what memory looks like, then end the run instead of waiting for the VM timeout.
+echo 60 >/proc/sys/kernel/hung_task_timeout_secs 2>/dev/null
+watchdog() { # PID of the test process
+  while sleep 10; do
+    dmesg | grep -q 'blocked for more than' || continue
+    {
+      echo "== hung I/O detected at $(now)s"
+      grep -E '^(MemFree|Dirty|Writeback|Cached|Shmem):' /proc/meminfo
+      for p in $(pgrep -x node); do
+        echo "== node pid $p: $(tr '\0' ' ' <"/proc/$p/cmdline")"
+        for t in /proc/"$p"/task/*; do
+          echo "-- tid ${t##*/} $(cat "$t/comm") state=$(awk '{ print $3 }' "$t/stat") wchan=$(cat "$t/wchan" 2>/dev/null)"
+          cat "$t/stack" 2>/dev/null
+        done
+      done
+    } >"$results/native-smoke-hang.txt" 2>&1
+    echo w >/proc/sysrq-trigger 2>/dev/null
+    sleep 5
+    say "hung I/O: diagnostics in native-smoke-hang.txt; ending the run"
+    pkill -KILL -P "$1" 2>/dev/null
+    kill -KILL "$1" 2>/dev/null
+    return
+  done
+}
+t=$(now)
+node test/vm/native-smoke.mjs main "$work/pool/vol.hds" "$work" &
+node_pid=$!
+watchdog "$node_pid" &
+watchdog_pid=$!
+wait "$node_pid"
+rc=$?
+kill "$watchdog_pid" 2>/dev/null
+say "native-smoke.mjs exited $rc after $(awk -v a="$t" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')s"
+
+for img in "$work"/pool/*.hds; do
+  [ -f "$img" ] || continue
+  if out=$(qemu-img check -f parallels "$img" 2>&1); then
+    say "qemu-img check $(basename "$img"): clean"
+  else
+    say "qemu-img check $(basename "$img") FAILED: $out"
+    rc=1
+  fi
+done
+ls -ls "$work/pool" >"$results/native-smoke-pool.txt" 2>&1
+dmesg >"$results/native-smoke-dmesg.txt" 2>&1
+umount "$work/pool" 2>/dev/null
+say "total $(awk -v a="$t_start" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')s; result: $([ "$rc" -eq 0 ] && echo ok || echo FAILED)"
+exit "$rc"
