@@ -309,8 +309,8 @@ export class Blockd {
         throw wrap(err, `grow ${device}`);
       }
       await this.table.put({ ...r, sizeBytes: newSize });
-      const info = await native.getInfo(r.devId);
-      if (!(info.flags & native.UblkFeature.UPDATE_SIZE)) {
+      // The kernel takes UPDATE_SIZE for any device; what matters is that it knows it.
+      if (!(native.probe().features & native.UblkFeature.UPDATE_SIZE)) {
         throw new BlockdError(
           'FAILED_PRECONDITION',
           `online expansion needs Linux ≥ 6.16 (this kernel lacks UPDATE_SIZE); the image was grown to ${newSize} bytes and the next attach has the new size`,

@@ -13,7 +13,8 @@ const NS_MARK = 'PLOOP_CSI_BLOCKD_PRIVATE_NS';
 
 /**
  * blockd must not share the mount namespace in which its devices are mounted (ublk.md §0.4):
- * re-run itself under `unshare --mount --propagation private` unless told not to.
+ * re-run itself under `unshare --mount --propagation slave` unless told not to. Slave, not
+ * private: unmounts on the host must reach blockd's copy, or a device stays busy after unstage.
  */
 function enterOwnMountNamespace(): boolean {
   if (process.env[NS_MARK] === '1' || process.env[NS_MARK] === 'off') return false;
@@ -22,7 +23,7 @@ function enterOwnMountNamespace(): boolean {
     [
       '--mount',
       '--propagation',
-      'private',
+      'slave',
       process.execPath,
       ...process.execArgv,
       ...process.argv.slice(1),
@@ -34,7 +35,7 @@ function enterOwnMountNamespace(): boolean {
   );
   if (r.error) {
     process.stderr.write(
-      `ploop-csi blockd: cannot enter a private mount namespace (${r.error.message}); set ${NS_MARK}=off to run without one\n`,
+      `ploop-csi blockd: cannot enter its own mount namespace (${r.error.message}); set ${NS_MARK}=off to run without one\n`,
     );
     process.exitCode = 1;
     return true;

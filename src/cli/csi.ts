@@ -1,4 +1,7 @@
-/** `ploop-csi csi`: the CSI server (identity and controller services) of one node's pool. */
+/**
+ * `ploop-csi csi`: the CSI server of one node's pool: identity and controller services, and the
+ * node service when `--blockd-socket` names the block daemon.
+ */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { CsiServer, CsiServerOptions } from '../csi/server.js';
 import { DEFAULT_DRIVER_NAME } from '../csi/identity.js';
@@ -65,7 +68,8 @@ export async function runCsi(opts: CsiCommandOptions, log?: Logger): Promise<voi
 export function csiCommand(run: (opts: CsiCommandOptions) => Promise<void> = runCsi): Command {
   return new Command('csi')
     .description(
-      'Serve the CSI identity and controller services for the pool of this node on a unix socket.\n' +
+      'Serve the CSI identity and controller services for the pool of this node on a unix socket,\n' +
+        'and the node service when --blockd-socket is given.\n' +
         'Every option can also be set through the environment variable shown with it.',
     )
     .addOption(
@@ -84,9 +88,10 @@ export function csiCommand(run: (opts: CsiCommandOptions) => Promise<void> = run
         .makeOptionMandatory(),
     )
     .addOption(
-      new Option('--blockd-socket <path>', 'control socket of the block daemon').env(
-        'PLOOP_CSI_BLOCKD_SOCKET',
-      ),
+      new Option(
+        '--blockd-socket <path>',
+        'control socket of the block daemon; enables the node service',
+      ).env('PLOOP_CSI_BLOCKD_SOCKET'),
     )
     .addOption(
       new Option('--driver-name <name>', 'CSI driver name (also the topology key prefix)')

@@ -1,8 +1,11 @@
 /**
  * CSI errors: a typed error carrying a gRPC status code, and the mapping of the lower layers'
- * typed errors (PoolError, PloopError, system errors) to the codes the CSI spec prescribes.
+ * typed errors (PoolError, PloopError, HostError, BlockdError, system errors) to the codes the
+ * CSI spec prescribes.
  */
 import { status } from '@grpc/grpc-js';
+import { BlockdError } from '../blockdev/errors.js';
+import { HostError } from '../host/errors.js';
 import { PloopError } from '../ploop/index.js';
 import { PoolError } from '../pool/index.js';
 
@@ -45,6 +48,31 @@ const PLOOP_CODES: Record<PloopError['code'], status> = {
   IO: status.INTERNAL,
 };
 
+const HOST_CODES: Record<HostError['code'], status> = {
+  // The node lacks a tool it needs: fixed by installing it, not by retrying.
+  TOOL_MISSING: status.FAILED_PRECONDITION,
+  TIMEOUT: status.DEADLINE_EXCEEDED,
+  FAILED: status.INTERNAL,
+  // A mount or device still in use, a path or device missing, a device holding data that is
+  // never formatted, a path of the wrong type: the state of the node must change first.
+  BUSY: status.FAILED_PRECONDITION,
+  NOT_FOUND: status.FAILED_PRECONDITION,
+  HAS_DATA: status.FAILED_PRECONDITION,
+  WRONG_TYPE: status.FAILED_PRECONDITION,
+  INVALID_ARGUMENT: status.INVALID_ARGUMENT,
+};
+
+const BLOCKD_CODES: Record<BlockdError['code'], status> = {
+  NOT_FOUND: status.NOT_FOUND,
+  // The node service sends blockd what it built itself: a refusal is the driver's fault.
+  INVALID_ARGUMENT: status.INTERNAL,
+  UNAVAILABLE: status.UNAVAILABLE,
+  FAILED_PRECONDITION: status.FAILED_PRECONDITION,
+  // Another operation on the same device: retried with backoff like any pending operation.
+  BUSY: status.ABORTED,
+  INTERNAL: status.INTERNAL,
+};
+
 /** System error codes anywhere in the cause chain that mean "out of space". */
 const NO_SPACE = new Set(['ENOSPC', 'EDQUOT']);
 
@@ -66,6 +94,8 @@ export function statusOf(err: unknown): status {
   }
   if (err instanceof PoolError) return POOL_CODES[err.code] ?? status.INTERNAL;
   if (err instanceof PloopError) return PLOOP_CODES[err.code] ?? status.INTERNAL;
+  if (err instanceof HostError) return HOST_CODES[err.code] ?? status.INTERNAL;
+  if (err instanceof BlockdError) return BLOCKD_CODES[err.code] ?? status.INTERNAL;
   return status.INTERNAL;
 }
 

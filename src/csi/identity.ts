@@ -24,19 +24,27 @@ export function driverVersion(): string {
   return version;
 }
 
-/**
- * Plugin capabilities. Volume expansion is not advertised: it happens on the node
- * (NodeExpandVolume), and the node service is not part of this server yet.
- */
+/** Plugin capabilities of every server. */
 export const PLUGIN_CAPABILITIES: readonly PluginCapability[] = [
   { service: { type: 'CONTROLLER_SERVICE' } },
   { service: { type: 'VOLUME_ACCESSIBILITY_CONSTRAINTS' } },
 ];
 
+/**
+ * Added when the node service runs: volumes grow on the node (NodeExpandVolume) while they are
+ * in use. There is no ControllerExpandVolume, so the resizer's node-only path applies.
+ */
+export const ONLINE_EXPANSION: PluginCapability = { volumeExpansion: { type: 'ONLINE' } };
+
 export interface IdentityOptions {
   driverName: string;
-  /** Throws when the plugin cannot serve (for example the pool is unreachable). */
+  /**
+   * Throws when the plugin cannot serve (the pool is unreachable; with the node service, blockd
+   * is unreachable or ublk is unavailable): Probe then answers FAILED_PRECONDITION.
+   */
   probe: () => Promise<void>;
+  /** Whether the node service runs (and with it online expansion). */
+  nodeService?: boolean;
 }
 
 export interface IdentityHandlers extends Handlers {
@@ -51,7 +59,9 @@ export function identityService(opts: IdentityOptions): IdentityHandlers {
       return { name: opts.driverName, vendorVersion: driverVersion(), manifest: {} };
     },
     async GetPluginCapabilities() {
-      return { capabilities: [...PLUGIN_CAPABILITIES] };
+      const caps = [...PLUGIN_CAPABILITIES];
+      if (opts.nodeService) caps.push(ONLINE_EXPANSION);
+      return { capabilities: caps };
     },
     async Probe() {
       try {

@@ -1,18 +1,21 @@
 /**
- * The CSI gRPC server: identity and controller services on a unix socket, started and stopped
- * as a unit with the metrics endpoint. A stale socket file left by a dead server is removed; a
- * socket some live server still answers on is never taken over.
+ * The CSI gRPC server: identity and controller services on a unix socket, and the node service
+ * when a block daemon (blockd) is configured, started and stopped as a unit with the metrics
+ * endpoint. A stale socket file left by a dead server is removed; a socket some live server
+ * still answers on is never taken over.
  */
 import { promises as fsp } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
+import { BlockdClient } from '../blockdev/client.js';
 import { Freezer, Pool } from '../pool/index.js';
 import { controllerService } from './controller.js';
 import { DEFAULT_DRIVER_NAME, driverVersion, identityService } from './identity.js';
 import { InFlight } from './locks.js';
 import { createLogger, type Logger } from './log.js';
 import { CsiMetrics, MetricsServer, serveMetrics } from './metrics.js';
+import { BlockdApi, nodeFreezer, nodeService } from './node.js';
 import { loadCsi } from './proto.js';
 import { implement } from './rpc.js';
 import { NodeTopology } from './topology.js';
@@ -28,9 +31,16 @@ export interface CsiServerOptions {
   overProvisioning?: number;
   /** HOST:PORT for /metrics; none when null or empty. */
   metricsAddress?: string | null;
-  /** The block daemon's control socket, for the node service. */
+  /**
+   * The block daemon's control socket. With it (or `blockd`) the server also serves the Node
+   * service, advertises online expansion, takes snapshots of attached volumes online, and its
+   * Probe checks that blockd answers and ublk is usable.
+   */
   blockdSocket?: string | null;
+  /** A blockd client to use instead of one on `blockdSocket` (tests). */
+  blockd?: BlockdApi;
   logger?: Logger;
+  /** Overrides the freezer (offline, or online through blockd when the node service runs). */
   freezer?: Freezer;
   /** How long in-flight requests may take to finish on stop (default 10 s). */
   shutdownTimeoutMs?: number;
@@ -108,13 +118,30 @@ export class CsiServer {
     const metrics = new CsiMetrics(() => pool.capacity());
     const pipeline = { log, metrics };
     const server = new grpc.Server();
+    // One set of in-flight locks for both services: a snapshot and a stage of the same volume
+    // never run at once.
+    const locks = new InFlight();
+    const blockd = opts.blockd ?? (opts.blockdSocket ? new BlockdClient(opts.blockdSocket) : null);
+    // Probes are answered quickly or not at all (the CO's liveness check has a short deadline).
+    const probeBlockd =
+      opts.blockd ?? (opts.blockdSocket ? new BlockdClient(opts.blockdSocket, 5_000) : null);
+    const freezer = opts.freezer ?? (blockd ? nodeFreezer(pool, blockd, log) : undefined);
     server.addService(
       csi.Identity,
       implement(
         csi.Identity,
         identityService({
           driverName,
-          probe: () => fsp.access(path.join(pool.root, 'volumes'), fsp.constants.W_OK),
+          nodeService: blockd !== null,
+          probe: async () => {
+            await fsp.access(path.join(pool.root, 'volumes'), fsp.constants.W_OK);
+            if (probeBlockd) {
+              const p = await probeBlockd.probe();
+              if (!p.available) {
+                throw new Error(`ublk is not usable on this node: ${p.reason ?? 'unknown reason'}`);
+              }
+            }
+          },
         }),
         pipeline,
       ),
@@ -123,15 +150,16 @@ export class CsiServer {
       csi.Controller,
       implement(
         csi.Controller,
-        controllerService({
-          pool,
-          topology,
-          locks: new InFlight(),
-          ...(opts.freezer ? { freezer: opts.freezer } : {}),
-        }),
+        controllerService({ pool, topology, locks, ...(freezer ? { freezer } : {}) }),
         pipeline,
       ),
     );
+    if (blockd) {
+      server.addService(
+        csi.Node,
+        implement(csi.Node, nodeService({ pool, topology, locks, blockd }), pipeline),
+      );
+    }
 
     await claimSocket(socketPath, log);
     await new Promise<void>((resolve, reject) => {

@@ -248,3 +248,83 @@ export interface GetSnapshotRequest {
 export interface GetSnapshotResponse {
   snapshot: Snapshot;
 }
+
+// ---- node -----------------------------------------------------------------------------------
+
+export interface NodeStageVolumeRequest {
+  volumeId: string;
+  publishContext: StringMap;
+  stagingTargetPath: string;
+  volumeCapability: VolumeCapability | null;
+  secrets: StringMap;
+  volumeContext: StringMap;
+}
+
+export interface NodeUnstageVolumeRequest {
+  volumeId: string;
+  stagingTargetPath: string;
+}
+
+export interface NodePublishVolumeRequest {
+  volumeId: string;
+  publishContext: StringMap;
+  stagingTargetPath: string;
+  targetPath: string;
+  volumeCapability: VolumeCapability | null;
+  readonly: boolean;
+  secrets: StringMap;
+  volumeContext: StringMap;
+}
+
+export interface NodeUnpublishVolumeRequest {
+  volumeId: string;
+  targetPath: string;
+}
+
+export interface NodeGetVolumeStatsRequest {
+  volumeId: string;
+  volumePath: string;
+  stagingTargetPath: string;
+}
+
+export interface VolumeUsage {
+  available?: Int64Out;
+  total: Int64Out;
+  used?: Int64Out;
+  unit: 'BYTES' | 'INODES';
+}
+
+export interface NodeGetVolumeStatsResponse {
+  usage: VolumeUsage[];
+  volumeCondition: VolumeCondition;
+}
+
+export interface NodeExpandVolumeRequest {
+  volumeId: string;
+  volumePath: string;
+  capacityRange: CapacityRange | null;
+  stagingTargetPath: string;
+  volumeCapability: VolumeCapability | null;
+  secrets: StringMap;
+}
+
+export interface NodeExpandVolumeResponse {
+  capacityBytes: Int64Out;
+}
+
+export type NodeCapabilityName =
+  | 'STAGE_UNSTAGE_VOLUME'
+  | 'GET_VOLUME_STATS'
+  | 'EXPAND_VOLUME'
+  | 'VOLUME_CONDITION'
+  | 'SINGLE_NODE_MULTI_WRITER';
+
+export interface NodeGetCapabilitiesResponse {
+  capabilities: { rpc: { type: NodeCapabilityName } }[];
+}
+
+export interface NodeGetInfoResponse {
+  nodeId: string;
+  maxVolumesPerNode: Int64Out;
+  accessibleTopology: Topology;
+}

@@ -636,13 +636,19 @@ describe('GetCapacity', () => {
   });
 
   it('shrinks as volumes are provisioned', async () => {
-    const before = Number(
-      (await h.call<{ availableCapacity: string }>('Controller', 'GetCapacity')).availableCapacity,
-    );
-    await createVolume(h, createReq('capacity-eater', 64 * M));
-    const after = Number(
-      (await h.call<{ availableCapacity: string }>('Controller', 'GetCapacity')).availableCapacity,
-    );
-    expect(after).toBeLessThanOrEqual(before - 64 * M);
+    // Free space of the shared file system also moves with other tests' files (amplified by the
+    // harness's over-provisioning ratio): a few attempts, one of which must see the drop.
+    const available = async () =>
+      Number(
+        (await h.call<{ availableCapacity: string }>('Controller', 'GetCapacity'))
+          .availableCapacity,
+      );
+    let seen = false;
+    for (let attempt = 0; attempt < 3 && !seen; attempt++) {
+      const before = await available();
+      await createVolume(h, createReq(`capacity-eater-${attempt}`, 64 * M));
+      seen = (await available()) <= before - 64 * M;
+    }
+    expect(seen).toBe(true);
   });
 });
