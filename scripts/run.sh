@@ -2,8 +2,8 @@
 # Install dependencies, build, and run ploop-csi with a pool directory in ./pool
 # (override with POOL_DIR=/some/dir).
 #
-# Starts the CSI server when this version has one. Otherwise it says so and
-# shows the offline image tool working on a demo image in the pool.
+# Starts the CSI server on unix://<pool>/csi.sock, with blockd and the node service when this
+# machine can serve ublk devices.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -26,21 +26,19 @@ mkdir -p "$POOL_DIR"
 pool_abs="$(cd "$POOL_DIR" && pwd)"
 
 cli=(node dist/src/cli/main.js)
+args=(csi --endpoint "unix://$pool_abs/csi.sock" --node-id "$(hostname)" --pool "$pool_abs")
 
-if "${cli[@]}" csi --help >/dev/null 2>&1; then
-  exec "${cli[@]}" csi \
-    --endpoint "unix://$pool_abs/csi.sock" \
-    --node-id "$(hostname)" \
-    --pool "$POOL_DIR"
+# The node service needs ublk: blockd (the device daemon) runs beside the CSI server when the
+# kernel has ublk_drv and we are root; otherwise the controller side runs alone.
+[[ -e /dev/ublk-control ]] || modprobe ublk_drv 2>/dev/null || true
+if [[ -e /dev/ublk-control && "$(id -u)" -eq 0 ]] && command -v g++ >/dev/null && [[ -f /usr/include/liburing.h ]]; then
+  npm run build:native
+  "${cli[@]}" blockd --state-dir "$pool_abs/.blockd" --socket "$pool_abs/blockd.sock" &
+  blockd_pid=$!
+  trap 'kill "$blockd_pid" 2>/dev/null' EXIT
+  args+=(--blockd-socket "$pool_abs/blockd.sock")
+  echo "run: blockd started (pid $blockd_pid); serving identity, controller and node services"
+else
+  echo "run: ublk is not usable here (needs root, ublk_drv, liburing-dev); serving identity and controller only"
 fi
-
-echo "run: the CSI server is not available in this version of ploop-csi; the offline image tool is (see: ploop-csi image --help)."
-
-demo="$POOL_DIR/demo/DiskDescriptor.xml"
-if [[ ! -e "$demo" ]]; then
-  mkdir -p "$POOL_DIR/demo"
-  echo "+ ploop-csi image create $demo --size 1G"
-  "${cli[@]}" image create "$demo" --size 1G
-fi
-echo "+ ploop-csi image info $demo"
-"${cli[@]}" image info "$demo"
+"${cli[@]}" "${args[@]}"
