@@ -5,6 +5,8 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# ploop, losetup, mkfs.* and friends live in sbin, which is not on every PATH.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 bash scripts/setup-test.sh
 npm run lint
