@@ -25,12 +25,13 @@ export interface HandedChain {
   close(): Promise<void>;
 }
 
-async function toNative(chain: Chain): Promise<HandedChain> {
+/** Descriptors and geometry of every delta; the top is opened read-write when `topWritable`. */
+async function toNative(chain: Chain, topWritable: boolean): Promise<HandedChain> {
   const handles: fsp.FileHandle[] = [];
   const deltas: NativeDelta[] = [];
   try {
     for (const d of chain.deltas) {
-      const writable = d === chain.top && !chain.readOnly;
+      const writable = d === chain.top && topWritable;
       const fh = await fsp.open(d.path, writable ? fsc.O_RDWR : fsc.O_RDONLY);
       handles.push(fh);
       if (d instanceof RawImage) {
@@ -73,7 +74,7 @@ async function abandon(chain: Chain): Promise<void> {
 export async function openForAttach(target: string): Promise<HandedChain> {
   const chain = await Chain.open(target, { readOnly: false });
   try {
-    return await toNative(chain);
+    return await toNative(chain, true);
   } finally {
     await abandon(chain);
   }
@@ -94,46 +95,11 @@ export async function topImagePath(target: string): Promise<{ path: string; raw:
  * no repair, no in-use check; lower deltas are validated as usual.
  */
 export async function openLive(target: string): Promise<HandedChain> {
-  const t = await resolveTarget(target);
-  const top = await topImagePath(target);
-  if (t.kind === 'image') {
-    const img = await PloopImage.openForRepair(top.path, nodeFileSystem, false);
-    try {
-      const fh = await fsp.open(top.path, fsc.O_RDWR);
-      return {
-        deltas: [
-          {
-            fd: fh.fd,
-            version: img.version,
-            clusterSize: img.clusterSize,
-            dataOff: img.dataOffBytes,
-            bat: new Uint32Array(img.bat),
-            writable: true,
-          },
-        ],
-        sizeBytes: img.virtualSize,
-        close: () => fh.close(),
-      };
-    } finally {
-      await img.abandon();
-    }
-  }
   // Every delta is read and validated read-only (the in-use flag is expected on the top);
   // the engine then gets the top read-write.
-  const chain = await Chain.open(t.path, { readOnly: true });
+  const chain = await Chain.open(target, { readOnly: true });
   try {
-    const handed = await toNative(chain);
-    const last = handed.deltas[handed.deltas.length - 1]!;
-    const fh = await fsp.open(top.path, fsc.O_RDWR);
-    last.fd = fh.fd;
-    last.writable = true;
-    return {
-      ...handed,
-      async close() {
-        await handed.close();
-        await fh.close();
-      },
-    };
+    return await toNative(chain, true);
   } finally {
     await abandon(chain);
   }

@@ -4,15 +4,7 @@
  * by copying, and the file is trimmed or padded to whole clusters.
  */
 import { CorruptImageError, PloopError } from './errors.js';
-import {
-  CIF_EMPTY,
-  CLOSED_V21,
-  HEADER_SIZE,
-  IN_USE,
-  SECTOR,
-  decodeHeader,
-  headerProblems,
-} from './header.js';
+import { CIF_EMPTY, CLOSED_V21, HEADER_SIZE, IN_USE, SECTOR, decodeHeader } from './header.js';
 import { FileSystem, nodeFileSystem } from './io.js';
 import { BAT_ENTRY_NONE, PloopImage, readZeroFilled } from './image.js';
 
@@ -230,5 +222,3 @@ export function assertClean(r: CheckReport): void {
     throw new CorruptImageError(r.path, first?.message ?? 'check failed');
   }
 }
-
-export { headerProblems };

@@ -30,7 +30,7 @@ import { RawImage, openDelta } from './chain.js';
 import { growImage } from './grow.js';
 import { BufferPool, Progress, forEachLimited } from './copy.js';
 import { withLock } from './lock.js';
-import { isDirty, repairImage } from './check.js';
+import { repairImage } from './check.js';
 
 export const BASE_IMAGE_NAME = 'root.hds';
 
@@ -160,8 +160,12 @@ export async function snapshot(ddPath: string, opts: DiskOptions = {}): Promise<
     if (topIm.type === 'Compressed') {
       // A top left dirty by a crash is repaired before it is frozen; a live top (served by a
       // device that is paused and flushed) is in use by design and is left as it is.
-      if (!opts.liveTop && (await isDirty(topFile, fs))) await repairImage(topFile, fs);
-      const top = await PloopImage.openForRepair(topFile, fs, true);
+      let top = await PloopImage.openForRepair(topFile, fs, true);
+      if (!opts.liveTop && top.header.inUse !== 0) {
+        await top.close();
+        await repairImage(topFile, fs);
+        top = await PloopImage.openForRepair(topFile, fs, true);
+      }
       version = top.version;
       size = top.virtualSize;
       await top.close();
