@@ -15,7 +15,7 @@ import {
   parseParameters,
 } from '../pool/index.js';
 import { volumeCondition } from './condition.js';
-import { CsiError, invalidArgument, notFound, status } from './errors.js';
+import { CsiError, failedPrecondition, invalidArgument, notFound, status } from './errors.js';
 import { InFlight, LockRequest, snapshotKey, volumeKey } from './locks.js';
 import { paginate } from './paging.js';
 import type { Handlers, RequestContext } from './rpc.js';
@@ -83,6 +83,12 @@ export interface ControllerOptions {
   locks: InFlight;
   /** Freezes a volume's top delta for snapshots and clones; online when the node serves it. */
   freezer?: Freezer;
+  /**
+   * Why a volume is in use on this node (staged, published or attached), or null. DeleteVolume
+   * refuses such a volume with FAILED_PRECONDITION instead of pulling its image from under a
+   * device.
+   */
+  inUse?: (volumeId: string) => Promise<string | null>;
 }
 
 export interface ControllerHandlers extends Handlers {
@@ -251,8 +257,16 @@ export function controllerService(opts: ControllerOptions): ControllerHandlers {
 
     async DeleteVolume(req) {
       const id = validateId(req.volumeId, 'volume_id');
-      await locks.run([{ key: volumeKey(id), mode: 'exclusive' }], `DeleteVolume ${id}`, () =>
-        pool.deleteVolume(id),
+      await locks.run(
+        [{ key: volumeKey(id), mode: 'exclusive' }],
+        `DeleteVolume ${id}`,
+        async () => {
+          if (opts.inUse && (await pool.getVolume(id))) {
+            const why = await opts.inUse(id);
+            if (why) throw failedPrecondition(`${why}: unpublish and unstage it before deleting`);
+          }
+          await pool.deleteVolume(id);
+        },
       );
       return {};
     },

@@ -25,6 +25,8 @@ export class CsiError extends Error {
 export const invalidArgument = (message: string): CsiError =>
   new CsiError(status.INVALID_ARGUMENT, message);
 export const notFound = (message: string): CsiError => new CsiError(status.NOT_FOUND, message);
+export const failedPrecondition = (message: string): CsiError =>
+  new CsiError(status.FAILED_PRECONDITION, message);
 
 const POOL_CODES: Record<PoolError['code'], status> = {
   NOT_FOUND: status.NOT_FOUND,

@@ -42,8 +42,16 @@ import {
   unmount,
   waitForBlockDevice,
 } from '../host/index.js';
-import { nodeFileSystem, writeFileAtomic } from '../ploop/index.js';
 import { Freezer, Pool, VolumeRecord, offlineFreezer } from '../pool/index.js';
+import {
+  AccessType,
+  NodeRecord,
+  PublishRecord,
+  StageRecord,
+  emptyRecord,
+  readRecord,
+  writeRecord,
+} from './node-record.js';
 import { volumeCondition } from './condition.js';
 import { CsiError, invalidArgument, notFound, status } from './errors.js';
 import { InFlight, volumeKey } from './locks.js';
@@ -109,60 +117,6 @@ export interface NodeHandlers extends Handlers {
   ): Promise<NodeExpandVolumeResponse>;
   NodeGetCapabilities(req: Empty): Promise<NodeGetCapabilitiesResponse>;
   NodeGetInfo(req: Empty): Promise<NodeGetInfoResponse>;
-}
-
-// ---- the per-volume node record -------------------------------------------------------------
-
-type AccessType = 'mount' | 'block';
-
-interface StageRecord {
-  stagingTargetPath: string;
-  accessType: AccessType;
-  /** The file system mounted at the staging path (mount access). */
-  fsType: string | null;
-  mountFlags: string[];
-  accessMode: string;
-  /** The block device at stage time (/dev/ublkbN). */
-  device: string;
-  stagedAt: string;
-}
-
-interface PublishRecord {
-  accessType: AccessType;
-  readonly: boolean;
-  accessMode: string;
-  mountFlags: string[];
-}
-
-interface NodeRecord {
-  staged: StageRecord | null;
-  published: Record<string, PublishRecord>;
-}
-
-const RECORD_NAME = 'node.json';
-
-const emptyRecord = (): NodeRecord => ({ staged: null, published: {} });
-
-async function readRecord(pool: Pool, id: string): Promise<NodeRecord> {
-  try {
-    const r = JSON.parse(
-      await fsp.readFile(path.join(pool.volumeDir(id), RECORD_NAME), 'utf8'),
-    ) as Partial<NodeRecord>;
-    return { staged: r.staged ?? null, published: r.published ?? {} };
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return emptyRecord();
-    // A damaged record says nothing: the mount table and blockd are asked instead.
-    return emptyRecord();
-  }
-}
-
-async function writeRecord(pool: Pool, id: string, r: NodeRecord): Promise<void> {
-  const file = path.join(pool.volumeDir(id), RECORD_NAME);
-  if (!r.staged && Object.keys(r.published).length === 0) {
-    await fsp.rm(file, { force: true });
-    return;
-  }
-  await writeFileAtomic(nodeFileSystem, file, JSON.stringify(r, null, 2));
 }
 
 // ---- request checks -------------------------------------------------------------------------
@@ -901,18 +855,25 @@ function worst(conditions: VolumeCondition[]): VolumeCondition {
  * that is not attached is snapshotted offline. When blockd cannot be asked, nothing is done:
  * an offline snapshot of a live image would corrupt it.
  */
+/** blockd's device list; UNAVAILABLE when blockd cannot be asked (nothing may be assumed). */
+export async function attachedDevices(
+  blockd: BlockdApi,
+  volumeId: string,
+): Promise<DeviceListEntry[]> {
+  try {
+    return await blockd.list();
+  } catch (err) {
+    throw new CsiError(
+      status.UNAVAILABLE,
+      `cannot tell whether volume ${volumeId} is attached: ${message(err)}`,
+      { cause: err },
+    );
+  }
+}
+
 export function nodeFreezer(pool: Pool, blockd: BlockdApi, log: Logger): Freezer {
   return async (volumeId, dd) => {
-    let list: DeviceListEntry[];
-    try {
-      list = await blockd.list();
-    } catch (err) {
-      throw new CsiError(
-        status.UNAVAILABLE,
-        `cannot tell whether volume ${volumeId} is attached: ${message(err)}`,
-        { cause: err },
-      );
-    }
+    const list = await attachedDevices(blockd, volumeId);
     const dev = list.find((e) => path.resolve(e.target) === path.resolve(dd));
     if (!dev) return offlineFreezer(volumeId, dd);
 

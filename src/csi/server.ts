@@ -15,7 +15,8 @@ import { DEFAULT_DRIVER_NAME, driverVersion, identityService } from './identity.
 import { InFlight } from './locks.js';
 import { createLogger, type Logger } from './log.js';
 import { CsiMetrics, MetricsServer, serveMetrics } from './metrics.js';
-import { BlockdApi, nodeFreezer, nodeService } from './node.js';
+import { BlockdApi, attachedDevices, nodeFreezer, nodeService } from './node.js';
+import { volumeInUse } from './node-record.js';
 import { loadCsi } from './proto.js';
 import { implement } from './rpc.js';
 import { NodeTopology } from './topology.js';
@@ -150,7 +151,14 @@ export class CsiServer {
       csi.Controller,
       implement(
         csi.Controller,
-        controllerService({ pool, topology, locks, ...(freezer ? { freezer } : {}) }),
+        controllerService({
+          pool,
+          topology,
+          locks,
+          ...(freezer ? { freezer } : {}),
+          inUse: async (id) =>
+            volumeInUse(pool, id, blockd ? await attachedDevices(blockd, id) : null),
+        }),
         pipeline,
       ),
     );

@@ -466,6 +466,11 @@ describe.skipIf(skip !== null)(
       expect(
         await code('NodeUnstageVolume', { volumeId: v.volumeId, stagingTargetPath: staging }),
       ).toBe(status.FAILED_PRECONDITION);
+      // DeleteVolume refuses a volume in use on the node, and removes nothing.
+      expect(await h.code('Controller', 'DeleteVolume', { volumeId: v.volumeId })).toBe(
+        status.FAILED_PRECONDITION,
+      );
+      await fsp.access(path.join(h.poolDir, 'volumes', v.volumeId, 'DiskDescriptor.xml'));
 
       // Tear down: twice each, the targets disappear, the devices are detached.
       for (const [id, t, st] of [
@@ -623,6 +628,29 @@ describe.skipIf(skip !== null)(
       expect(Number(r.capacityBytes)).toBe(512 * M);
       await node('NodeUnstageVolume', base);
       await h.call('Controller', 'DeleteVolume', { volumeId: v.volumeId });
+    });
+
+    it('DeleteVolume: FAILED_PRECONDITION while staged or attached, OK once released', async () => {
+      const cap = mountCap('ext4');
+      const v = await createVolume(
+        h,
+        createReq('node-busy', 32 * M, { volumeCapabilities: [cap] }),
+      );
+      const dd = path.join(h.poolDir, 'volumes', v.volumeId, 'DiskDescriptor.xml');
+      const staging = await stagingDir('busy');
+      const base = { volumeId: v.volumeId, stagingTargetPath: staging, volumeCapability: cap };
+      const del = () => h.code('Controller', 'DeleteVolume', { volumeId: v.volumeId });
+      await node('NodeStageVolume', base);
+      expect(await del()).toBe(status.FAILED_PRECONDITION);
+      await node('NodeUnstageVolume', { volumeId: v.volumeId, stagingTargetPath: staging });
+      // Attached by someone else than the node service (an operator's `device attach`).
+      const dev = await fake.attach(dd);
+      expect(await del()).toBe(status.FAILED_PRECONDITION);
+      await fsp.access(dd);
+      await fake.detach(dev.blockPath);
+      expect(await del()).toBe(status.OK);
+      await expect(fsp.access(dd)).rejects.toMatchObject({ code: 'ENOENT' });
+      expect(await del()).toBe(status.OK);
     });
 
     it('a volume deleted while staged can still be unpublished and unstaged', async () => {
