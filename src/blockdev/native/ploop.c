@@ -96,13 +96,13 @@ static int write_zero_bytes(struct pl_chain *c, uint64_t off, uint64_t len)
 	return 0;
 }
 
-/* Makes a cluster of the top read as zeros and keep its space (ZERO_RANGE, else real zeros). */
+/*
+ * Makes a cluster of the top read as zeros and keep its space. Real zeros, not ZERO_RANGE or
+ * fallocate: an unwritten extent inside a mapped cluster makes ploop check call the image
+ * "sparse", and once cached it hides from SEEK_HOLE, so it could not be found again.
+ */
 static int zero_keep(struct pl_chain *c, uint64_t host)
 {
-	if (!fallocate(top_of(c)->fd, FALLOC_FL_ZERO_RANGE, (off_t)host, c->cluster))
-		return 0;
-	if (errno != EOPNOTSUPP && errno != EINVAL)
-		return -errno;
 	return write_zero_bytes(c, host, c->cluster);
 }
 
@@ -180,6 +180,69 @@ static int host_to_entry(struct pl_chain *c, uint64_t host, uint32_t *e)
 	return 0;
 }
 
+/* ---- sparse clusters ------------------------------------------------------------------- */
+
+static int sparse_test(const struct pl_chain *c, uint32_t vc)
+{
+	return c->sparse && (__atomic_load_n(&c->sparse[vc >> 3], __ATOMIC_ACQUIRE) >> (vc & 7)) & 1;
+}
+
+static void sparse_set(struct pl_chain *c, uint32_t vc)
+{
+	if (c->sparse)
+		__atomic_fetch_or(&c->sparse[vc >> 3], (uint8_t)(1u << (vc & 7)), __ATOMIC_RELEASE);
+}
+
+static void sparse_clear(struct pl_chain *c, uint32_t vc)
+{
+	if (c->sparse)
+		__atomic_fetch_and(&c->sparse[vc >> 3], (uint8_t)~(1u << (vc & 7)), __ATOMIC_RELEASE);
+}
+
+/*
+ * Marks the top's mapped clusters that hold a hole (or an unwritten extent, which SEEK_HOLE
+ * reports the same way): left by an earlier discard or write-zeroes, or by another writer.
+ * One pass over the file's extents at open; nothing is marked when the file system cannot say.
+ */
+static int sparse_scan(struct pl_chain *c, struct pl_delta *top, uint64_t fsize)
+{
+	uint64_t nhost = (fsize + c->cluster - 1) >> c->cluster_shift;
+	uint8_t *holes = calloc((size_t)(nhost >> 3) + 1, 1);
+	c->sparse = calloc(((size_t)top->nbat >> 3) + 1, 1);
+	if (!holes || !c->sparse) {
+		free(holes);
+		return -ENOMEM;
+	}
+	off_t pos = (off_t)top->data_off;
+	int any = 0;
+	while ((uint64_t)pos < fsize) {
+		off_t h = lseek(top->fd, pos, SEEK_HOLE);
+		if (h < 0 || (uint64_t)h >= fsize)
+			break;
+		off_t d = lseek(top->fd, h, SEEK_DATA);
+		uint64_t end = d < 0 ? fsize : (uint64_t)d;
+		uint64_t k = (uint64_t)h >> c->cluster_shift;
+		for (; k < nhost && (k << c->cluster_shift) < end; k++) {
+			holes[k >> 3] |= (uint8_t)(1u << (k & 7));
+			any = 1;
+		}
+		if (d < 0)
+			break;
+		pos = d;
+	}
+	if (any) {
+		for (uint32_t vc = 0; vc < top->nbat; vc++) {
+			if (!top->bat[vc])
+				continue;
+			uint64_t k = entry_to_host(c, top, top->bat[vc]) >> c->cluster_shift;
+			if (k < nhost && (holes[k >> 3] >> (k & 7)) & 1)
+				c->sparse[vc >> 3] |= (uint8_t)(1u << (vc & 7));
+		}
+	}
+	free(holes);
+	return 0;
+}
+
 enum alloc_fill { FILL_DATA, FILL_ZERO_KEEP, FILL_ZERO_HOLE };
 
 /*
@@ -202,10 +265,7 @@ static int alloc_cluster(struct pl_chain *c, uint32_t vc, enum alloc_fill fill, 
 		r = pwrite_full(top->fd, src, c->cluster, host);
 		break;
 	case FILL_ZERO_KEEP:
-		if (fallocate(top->fd, 0, (off_t)host, c->cluster)) {
-			r = (errno == EOPNOTSUPP || errno == EINVAL) ? write_zero_bytes(c, host, c->cluster)
-								     : -errno;
-		}
+		r = zero_keep(c, host);
 		break;
 	case FILL_ZERO_HOLE: {
 		struct stat st;
@@ -219,6 +279,10 @@ static int alloc_cluster(struct pl_chain *c, uint32_t vc, enum alloc_fill fill, 
 	}
 	if (!r && durable)
 		r = top_sync(c);
+	if (!r && fill == FILL_ZERO_HOLE)
+		sparse_set(c, vc);
+	else if (!r)
+		sparse_clear(c, vc);
 	if (!r)
 		r = set_entry(c, vc, e);
 	if (r)
@@ -328,6 +392,13 @@ int pl_chain_open(const struct pl_delta_config *cfg, int n, uint32_t cluster, ui
 				}
 			}
 			c->next_host = next;
+			if (d->writable) {
+				r = sparse_scan(c, d, fsz);
+				if (r) {
+					snprintf(err, errlen, "out of memory for the sparse map");
+					break;
+				}
+			}
 		}
 	}
 	if (!r) {
@@ -361,6 +432,7 @@ void pl_chain_close(struct pl_chain *c)
 	if (c->scratch_zero != MAP_FAILED)
 		munmap((void *)c->scratch_zero, c->cluster);
 	free(c->released);
+	free(c->sparse);
 	pthread_mutex_destroy(&c->alloc_mtx);
 	pthread_mutex_destroy(&c->flush_mtx);
 	free(c->d);
@@ -401,14 +473,25 @@ static int write_segment(struct pl_chain *c, const uint8_t *data, uint32_t vc, u
 	if (vc >= top->nbat)
 		return -ENOSPC;
 	uint64_t host = delta_map(c, top, vc);
-	if (host != NO_HOST)
+	if (host != NO_HOST && !sparse_test(c, vc))
 		return pwrite_full(top->fd, data, n, host + in);
 
 	pthread_mutex_lock(&c->alloc_mtx);
 	int r;
 	host = delta_map(c, top, vc);
 	if (host != NO_HOST) {
-		r = pwrite_full(top->fd, data, n, host + in);
+		if (n != c->cluster && sparse_test(c, vc)) {
+			/* Rewrite the whole cluster (holes read as zeros), so none of it stays a hole. */
+			r = pread_full(top->fd, c->scratch, c->cluster, host);
+			if (!r) {
+				memcpy(c->scratch + in, data, n);
+				r = pwrite_full(top->fd, c->scratch, c->cluster, host);
+			}
+		} else {
+			r = pwrite_full(top->fd, data, n, host + in);
+		}
+		if (!r)
+			sparse_clear(c, vc);
 		goto out;
 	}
 	uint64_t lhost = 0;
@@ -547,11 +630,17 @@ static int zero_clusters(struct pl_chain *c, uint64_t first, uint64_t end, int k
 				if (!r)
 					r = set_entry(c, vc, 0);
 				if (!r)
+					sparse_clear(c, vc);
+				if (!r)
 					pl_stats_add(&c->stats->released_clusters, 1);
 				else if (c->nreleased && c->released[c->nreleased - 1] == host)
 					c->nreleased--;
 			} else {
 				r = keep ? zero_keep(c, host) : zero_release(c, host);
+				if (!r && !keep)
+					sparse_set(c, vc);
+				else if (!r)
+					sparse_clear(c, vc);
 			}
 		} else if (lower || keep) {
 			r = alloc_cluster(c, vc, keep ? FILL_ZERO_KEEP : FILL_ZERO_HOLE, NULL, 0);

@@ -60,6 +60,12 @@ struct pl_chain {
 	size_t nreleased, released_cap;
 	uint8_t *scratch;            /* one cluster, used under alloc_mtx */
 	const uint8_t *scratch_zero; /* one cluster of zeros (read-only anonymous map) */
+	/*
+	 * One bit per virtual cluster of the top: mapped, but (partly) a hole or unwritten extent
+	 * in the file. A partial write into such a cluster fills the rest with zeros first, so no
+	 * cluster is ever half data, half hole: ploop check rejects such images as "sparse".
+	 */
+	uint8_t *sparse;
 	unsigned debug_delay_ms;
 	struct pl_stats *stats;
 };
