@@ -73,11 +73,15 @@ async function abandon(chain: Chain): Promise<void> {
  */
 export async function openForAttach(target: string): Promise<HandedChain> {
   const chain = await Chain.open(target, { readOnly: false });
+  let handed: HandedChain;
   try {
-    return await toNative(chain, true);
-  } finally {
-    await abandon(chain);
+    handed = await toNative(chain, true);
+  } catch (err) {
+    await chain.close(); // clears the in-use flag again: nothing was written
+    throw err;
   }
+  await abandon(chain);
+  return handed;
 }
 
 /** Top image file of a disk (a descriptor's top, or the image itself). */

@@ -174,9 +174,15 @@ export class Blockd {
     return this.exclusive(t.path, async () => {
       const existing = this.table.byTarget(t.path);
       if (existing) return existing;
-      let chain: HandedChain | null = null;
+      let chain: HandedChain;
       try {
+        // A chain that does not open (damage, a missing delta) was not touched: report it
+        // as it is, without "closing clean" an image that was never opened.
         chain = await openForAttach(t.path);
+      } catch (err) {
+        throw wrap(err, `attach ${target}`);
+      }
+      try {
         const h = await native.createDevice({
           deltas: chain.deltas,
           sizeBytes: chain.sizeBytes,
@@ -198,7 +204,7 @@ export class Blockd {
         await markClean(t.path).catch(() => undefined);
         throw wrap(err, `attach ${target}`);
       } finally {
-        await chain?.close();
+        await chain.close();
       }
     });
   }

@@ -4,7 +4,7 @@
  * Attaching for real is covered by the VM suites (test/vm).
  */
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, open, readFile, rm, truncate } from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Server } from 'node:http';
@@ -17,6 +17,17 @@ import { UblkUnavailableError, createDevice, probe } from '../../src/blockdev/na
 import { PloopImage, createDisk, isDirty } from '../../src/ploop/index.js';
 
 const hostHasUblk = existsSync('/dev/ublk-control');
+
+const u32 = (v: number): Buffer => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(v);
+  return b;
+};
+async function patch(file: string, offset: number, bytes: Buffer): Promise<void> {
+  const fh = await open(file, 'r+');
+  await fh.write(bytes, 0, bytes.length, offset);
+  await fh.close();
+}
 
 describe('native engine on this host', () => {
   it('probes ublk and explains when it is unavailable', () => {
@@ -76,6 +87,29 @@ describe('blockd control API', () => {
     expect(await isDirty(imagePath)).toBe(false);
     const img = await PloopImage.open(imagePath, { readOnly: true });
     await img.close();
+  });
+
+  it('refuses a damaged image at attach and leaves it byte for byte as it was', async () => {
+    const damages: [string, (file: string) => Promise<void>][] = [
+      ['a BAT entry past the end of the file', (f) => patch(f, 64, u32(0x7fff0000))],
+      ['a bad signature', (f) => patch(f, 0, Buffer.from('NotAPloopImage!!'))],
+      ['a truncated header', (f) => truncate(f, 40)],
+    ];
+    for (const [what, damage] of damages) {
+      const { descriptorPath, imagePath } = await createDisk(
+        path.join(dir, `damaged-${damages.findIndex((d) => d[0] === what)}`),
+        { size: 64 << 20 },
+      );
+      await damage(imagePath);
+      const before = await readFile(imagePath);
+      const err = await client.attach(descriptorPath).catch((e: unknown) => e);
+      expect(err, what).toBeInstanceOf(BlockdError);
+      expect((err as BlockdError).message, what).toMatch(
+        /beyond eof|signature|shorter than|corrupt/i,
+      );
+      expect((await readFile(imagePath)).equals(before), `${what}: image modified`).toBe(true);
+      expect(await client.list()).toEqual([]);
+    }
   });
 
   it('gives NOT_FOUND for unknown devices and operations, OK for detaching one', async () => {
