@@ -12,6 +12,7 @@ const COMMANDS: Record<string, () => Promise<Command[]>> = {
   csi: async () => [(await import('./csi.js')).csiCommand()],
   blockd: async () => [(await import('./blockd.js')).blockdCommand()],
   device: async () => [(await import('./blockd.js')).deviceCommand()],
+  gc: async () => [(await import('./gc.js')).gcCommand()],
 };
 
 export async function program(argv: string[]): Promise<Command> {

@@ -1,0 +1,2 @@
+export * from './gc.js';
+export * from './references.js';
