@@ -1,5 +1,6 @@
 /** `ploop-csi blockd` (the device daemon) and `ploop-csi device …` (its client). */
-import { spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
+import { constants as osConstants } from 'node:os';
 import { Command } from 'commander';
 import { Blockd } from '../blockdev/daemon.js';
 import { serve } from '../blockdev/api.js';
@@ -15,10 +16,13 @@ const NS_MARK = 'PLOOP_CSI_BLOCKD_PRIVATE_NS';
  * blockd must not share the mount namespace in which its devices are mounted (ublk.md §0.4):
  * re-run itself under `unshare --mount --propagation slave` unless told not to. Slave, not
  * private: unmounts on the host must reach blockd's copy, or a device stays busy after unstage.
+ * This process stays as a thin parent that passes SIGTERM, SIGINT and SIGHUP on (a graceful
+ * stop must reach the daemon, not just end the parent) and exits with the daemon's status.
+ * Resolves to null when this process is the daemon itself.
  */
-function enterOwnMountNamespace(): boolean {
-  if (process.env[NS_MARK] === '1' || process.env[NS_MARK] === 'off') return false;
-  const r = spawnSync(
+async function runInOwnMountNamespace(): Promise<number | null> {
+  if (process.env[NS_MARK] === '1' || process.env[NS_MARK] === 'off') return null;
+  const child = spawn(
     'unshare',
     [
       '--mount',
@@ -28,20 +32,24 @@ function enterOwnMountNamespace(): boolean {
       ...process.execArgv,
       ...process.argv.slice(1),
     ],
-    {
-      stdio: 'inherit',
-      env: { ...process.env, [NS_MARK]: '1' },
-    },
+    { stdio: 'inherit', env: { ...process.env, [NS_MARK]: '1' } },
   );
-  if (r.error) {
-    process.stderr.write(
-      `ploop-csi blockd: cannot enter its own mount namespace (${r.error.message}); set ${NS_MARK}=off to run without one\n`,
-    );
-    process.exitCode = 1;
-    return true;
-  }
-  process.exitCode = r.status ?? (r.signal ? 128 : 1);
-  return true;
+  const forward = (sig: NodeJS.Signals) => () => child.kill(sig);
+  const signals: NodeJS.Signals[] = ['SIGTERM', 'SIGINT', 'SIGHUP'];
+  const handlers = signals.map((sig) => [sig, forward(sig)] as const);
+  for (const [sig, h] of handlers) process.on(sig, h);
+  return new Promise<number>((resolve) => {
+    child.once('error', (err) => {
+      process.stderr.write(
+        `ploop-csi blockd: cannot enter its own mount namespace (${err.message}); set ${NS_MARK}=off to run without one\n`,
+      );
+      resolve(1);
+    });
+    child.once('exit', (code, signal) => {
+      for (const [sig, h] of handlers) process.off(sig, h);
+      resolve(code ?? (signal ? 128 + (osConstants.signals[signal] ?? 0) : 1));
+    });
+  });
 }
 
 function log(msg: string, fields?: Record<string, unknown>): void {
@@ -64,7 +72,11 @@ export function blockdCommand(): Command {
     .option('--queues <n>', 'ublk queues per device', '1')
     .option('--depth <n>', 'requests in flight per queue', '64')
     .action(async (o: { stateDir: string; socket: string; queues: string; depth: string }) => {
-      if (enterOwnMountNamespace()) return;
+      const status = await runInOwnMountNamespace();
+      if (status !== null) {
+        process.exitCode = status;
+        return;
+      }
       const { mkdir } = await import('node:fs/promises');
       const path = await import('node:path');
       await mkdir(path.dirname(o.socket), { recursive: true, mode: 0o700 });
@@ -80,13 +92,18 @@ export function blockdCommand(): Command {
       const server = await serve(d, o.socket);
       log('serving', { socket: o.socket });
       await new Promise<void>((resolve) => {
+        let stopping = false;
         const stop = (sig: string) => {
+          // A repeated signal (a parent and a process group both passing it on) changes nothing.
+          if (stopping) return;
+          stopping = true;
           log('hand-over', { signal: sig });
           server.close();
           void d.handOver().finally(resolve);
         };
-        process.once('SIGTERM', () => stop('SIGTERM'));
-        process.once('SIGINT', () => stop('SIGINT'));
+        process.on('SIGTERM', () => stop('SIGTERM'));
+        process.on('SIGINT', () => stop('SIGINT'));
+        process.on('SIGHUP', () => stop('SIGHUP'));
       });
       // Devices stay; their I/O waits for the next blockd, which recovers them.
       process.exit(0);
