@@ -31,16 +31,18 @@ import {
   mibPerSec,
   scratchParent,
   settle,
+  syncFloorMs,
   timeMs,
+  unlinkSynced,
 } from './util.js';
 
 const USAGE = `usage: npm run bench [-- --json] [-- --only=import,export,merge,snapshot] [-- --check]
 
 environment:
   PLOOP_BENCH_SIZE            bytes of data for import, export and merge (default 1G)
-  PLOOP_BENCH_RUNS            timed runs per throughput measurement, median kept (default 3)
+  PLOOP_BENCH_RUNS            timed runs per throughput measurement, median kept (default 5)
   PLOOP_BENCH_SNAPSHOT_SIZES  data held by the snapshot disks (default 64M,1G,4G)
-  PLOOP_BENCH_SNAPSHOT_RUNS   timed snapshots per disk, median kept (default 5)
+  PLOOP_BENCH_SNAPSHOT_RUNS   timed snapshots per disk, median kept (default 15)
   PLOOP_BENCH_CLUSTER         cluster size of the images (default 1M)
   PLOOP_BENCH_DIR             where the scratch directory is made (default: the system
                               temporary directory if it is on the repository's file system)
@@ -122,9 +124,9 @@ function parseConfig(argv: string[]): Config {
     .sort((a, b) => a - b);
   return {
     size: envSize('PLOOP_BENCH_SIZE', '1G'),
-    runs: envInt('PLOOP_BENCH_RUNS', 3),
+    runs: envInt('PLOOP_BENCH_RUNS', 5),
     snapshotSizes,
-    snapshotRuns: envInt('PLOOP_BENCH_SNAPSHOT_RUNS', 5),
+    snapshotRuns: envInt('PLOOP_BENCH_SNAPSHOT_RUNS', 15),
     clusterSize: envSize('PLOOP_BENCH_CLUSTER', '1M'),
     dropCaches: process.env['PLOOP_BENCH_DROP_CACHES'] === '1',
     ops,
@@ -143,12 +145,22 @@ function spaceNeeded(cfg: Config): number {
   let peak = 0;
   // raw + cp copy, or raw + imported image + exported raw.
   if (cfg.ops.has('import') || cfg.ops.has('export')) peak = Math.max(peak, 3 * s);
-  // raw (for the baseline) + base (half) + top (whole), then the merged base.
-  if (cfg.ops.has('merge')) peak = Math.max(peak, 2.5 * s);
-  if (cfg.ops.has('snapshot')) peak = Math.max(peak, Math.max(...cfg.snapshotSizes));
+  // raw + its cp copy + base (half) + top (whole).
+  if (cfg.ops.has('merge')) peak = Math.max(peak, 3.5 * s);
+  // Every snapshot disk at once (the largest ones only allocated, but allocated all the same).
+  if (cfg.ops.has('snapshot'))
+    peak = Math.max(
+      peak,
+      cfg.snapshotSizes.reduce((a, b) => a + b, 0),
+    );
   return Math.ceil(peak * 1.05) + 512 * MiB;
 }
 
+/**
+ * A throughput row. Every sample of ours is paired with a `cp` of the same bytes run next to
+ * it (see `pair`), so the ratio is the median of the per-pair ratios: on a shared machine the
+ * load drifts between runs far more than between the two halves of a pair.
+ */
 function throughputRow(
   operation: string,
   bytes: number,
@@ -157,7 +169,7 @@ function throughputRow(
 ): Row {
   const ours = mibPerSec(bytes, median(samplesMs));
   const baseline = mibPerSec(bytes, median(cpSamplesMs));
-  const ratio = ours / baseline;
+  const ratio = median(samplesMs.map((t, i) => cpSamplesMs[i]! / t));
   return {
     operation,
     unit: 'MiB/s',
@@ -173,47 +185,95 @@ function throughputRow(
   };
 }
 
-/** cp, import and export of the same raw file, interleaved run by run so drift hits all three. */
+/**
+ * Times `cp` of `raw`, the baseline paired with one sample, then removes the copy. The removal
+ * (unlink and directory fsync) is timed too, when `unlinkMs` is given: a merge ends by deleting
+ * the merged delta, a file of about the same size.
+ */
+async function timeCp(
+  cfg: Config,
+  raw: string,
+  copy: string,
+  unlinkMs?: number[],
+): Promise<number> {
+  await settle(cfg.dropCaches);
+  const t = await timeMs(() => cpBaseline(raw, copy));
+  await settle(cfg.dropCaches);
+  const u = await timeMs(() => unlinkSynced(copy));
+  unlinkMs?.push(u);
+  return t;
+}
+
+/**
+ * Times `ours` and a `cp` of the raw file as a pair, in alternating order from run to run:
+ * whichever writes first after a large file was deleted may land on freshly discarded space,
+ * which on some virtual disks is slower to write, so a fixed order would favour one side.
+ */
+async function pair(
+  cfg: Config,
+  run: number,
+  raw: string,
+  copy: string,
+  ours: () => Promise<unknown>,
+  unlinkMs?: number[],
+): Promise<{ ours: number; cp: number }> {
+  const timeOurs = async () => {
+    await settle(cfg.dropCaches);
+    return timeMs(ours);
+  };
+  if (run % 2 === 0) {
+    const cp = await timeCp(cfg, raw, copy, unlinkMs);
+    return { cp, ours: await timeOurs() };
+  }
+  const t = await timeOurs();
+  return { ours: t, cp: await timeCp(cfg, raw, copy, unlinkMs) };
+}
+
+/** Import and export of the same raw file, each paired with its own `cp` of that file. */
 async function benchImportExport(cfg: Config, dir: string, raw: string, rows: Row[]) {
-  const cpMs: number[] = [];
   const importMs: number[] = [];
   const exportMs: number[] = [];
+  const cpImportMs: number[] = [];
+  const cpExportMs: number[] = [];
   const copy = path.join(dir, 'copy.raw');
   const image = path.join(dir, 'imported.hds');
   const out = path.join(dir, 'exported.raw');
   for (let r = 0; r < cfg.runs; r++) {
-    log(`  run ${r + 1}/${cfg.runs}: cp`);
-    await settle(cfg.dropCaches);
-    cpMs.push(await timeMs(() => cpBaseline(raw, copy)));
-    await fsp.rm(copy);
-    if (cfg.ops.has('import') || cfg.ops.has('export')) {
-      log(`  run ${r + 1}/${cfg.runs}: import`);
-      await settle(cfg.dropCaches);
-      const t = await timeMs(() => importRaw(raw, image, { clusterSize: cfg.clusterSize }));
-      if (cfg.ops.has('import')) importMs.push(t);
+    log(`  run ${r + 1}/${cfg.runs}: cp and import`);
+    const i = await pair(cfg, r, raw, copy, () =>
+      importRaw(raw, image, { clusterSize: cfg.clusterSize }),
+    );
+    if (cfg.ops.has('import')) {
+      importMs.push(i.ours);
+      cpImportMs.push(i.cp);
     }
     if (cfg.ops.has('export')) {
-      log(`  run ${r + 1}/${cfg.runs}: export`);
-      await settle(cfg.dropCaches);
-      exportMs.push(await timeMs(() => exportRaw(image, out)));
+      log(`  run ${r + 1}/${cfg.runs}: cp and export`);
+      const e = await pair(cfg, r, raw, copy, () => exportRaw(image, out));
+      exportMs.push(e.ours);
+      cpExportMs.push(e.cp);
       await fsp.rm(out);
     }
     await fsp.rm(image, { force: true });
   }
   if (cfg.ops.has('import'))
-    rows.push(throughputRow('import raw -> ploop', cfg.size, importMs, cpMs));
+    rows.push(throughputRow('import raw -> ploop', cfg.size, importMs, cpImportMs));
   if (cfg.ops.has('export'))
-    rows.push(throughputRow('export ploop -> raw', cfg.size, exportMs, cpMs));
-  return cpMs;
+    rows.push(throughputRow('export ploop -> raw', cfg.size, exportMs, cpExportMs));
 }
 
 /**
  * Merge: the base holds the first half of the disk, the top holds the whole disk, so half of
  * the top's clusters overwrite mapped clusters and half are new to the base. Rebuilt for every
- * run so each run merges the same layout.
+ * run so each run merges the same layout. The merge is the whole operation: marking the
+ * descriptor, copying, syncing, closing the parent, rewriting the descriptor and unlinking
+ * the merged delta.
  */
-async function benchMerge(cfg: Config, dir: string, cpMs: number[], rows: Row[]) {
+async function benchMerge(cfg: Config, dir: string, raw: string, rows: Row[]) {
   const mergeMs: number[] = [];
+  const cpMs: number[] = [];
+  const unlinkMs: number[] = [];
+  const copy = path.join(dir, 'copy.raw');
   const half = Math.floor(cfg.size / 2 / cfg.clusterSize) * cfg.clusterSize;
   for (let r = 0; r < cfg.runs; r++) {
     const diskDir = path.join(dir, `merge-${r}`);
@@ -224,19 +284,39 @@ async function benchMerge(cfg: Config, dir: string, cpMs: number[], rows: Row[])
     await writeRandomToDisk(dd, 0, half);
     await snapshot(dd);
     await writeRandomToDisk(dd, 0, cfg.size);
-    log(`  run ${r + 1}/${cfg.runs}: merge`);
-    await settle(cfg.dropCaches);
-    mergeMs.push(await timeMs(() => mergeTop(dd)));
+    log(`  run ${r + 1}/${cfg.runs}: cp and merge`);
+    const m = await pair(cfg, r, raw, copy, () => mergeTop(dd), unlinkMs);
+    mergeMs.push(m.ours);
+    cpMs.push(m.cp);
     await fsp.rm(diskDir, { recursive: true });
   }
   const row = throughputRow(`merge top (${formatBytes(cfg.size)})`, cfg.size, mergeMs, cpMs);
-  row.note = `base held ${formatBytes(half)}`;
+  row.note = `base held ${formatBytes(half)}; includes deleting the merged delta`;
   rows.push(row);
+  rows.push({
+    operation: `unlink of a ${formatBytes(cfg.size)} file`,
+    unit: 'ms',
+    ours: median(unlinkMs),
+    baseline: null,
+    baselineLabel: '',
+    ratio: null,
+    goal: 'reference',
+    pass: true,
+    samplesMs: unlinkMs,
+    note:
+      'rm of the cp copy plus a directory fsync: what deleting the merged delta costs on ' +
+      'this file system (slow where it is mounted with online discard)',
+  });
 }
 
-/** Median time of `snapshot` on disks holding each of the configured amounts of data. */
+/**
+ * Median time of `snapshot` on disks holding each of the configured amounts of data. The disks
+ * are prepared first and then snapshotted in turns, so that load drifting over the run hits
+ * every disk alike; the sync floor (see syncFloorMs) is measured in the same turns.
+ */
 async function benchSnapshot(cfg: Config, dir: string, rows: Row[]) {
-  let smallest: number | null = null;
+  const disks: { size: number; dd: string; diskDir: string; written: boolean; mapped: number }[] =
+    [];
   for (const size of cfg.snapshotSizes) {
     const diskDir = path.join(dir, `snap-${size}`);
     const written = size <= WRITTEN_DATA_LIMIT;
@@ -253,21 +333,30 @@ async function benchSnapshot(cfg: Config, dir: string, rows: Row[]) {
     // image is always the one that becomes a snapshot.
     await snapshot(dd);
     await mergeTop(dd);
-    const samplesMs: number[] = [];
-    for (let r = 0; r < cfg.snapshotRuns; r++) {
+    disks.push({ size, dd, diskDir, written, mapped });
+  }
+  const samples = disks.map(() => [] as number[]);
+  const floorMs: number[] = [];
+  for (let r = 0; r < cfg.snapshotRuns; r++) {
+    for (const [k, disk] of disks.entries()) {
       await settle(cfg.dropCaches);
-      samplesMs.push(await timeMs(() => snapshot(dd)));
-      await mergeTop(dd);
+      samples[k]!.push(await timeMs(() => snapshot(disk.dd)));
+      await mergeTop(disk.dd);
     }
-    log(`  ${formatBytes(size)}: ${samplesMs.map((t) => t.toFixed(1)).join(' ')} ms`);
-    await fsp.rm(diskDir, { recursive: true });
+    floorMs.push(await syncFloorMs(dir, cfg.clusterSize));
+  }
+  let smallest: number | null = null;
+  for (const [k, disk] of disks.entries()) {
+    const samplesMs = samples[k]!;
+    log(`  ${formatBytes(disk.size)}: ${samplesMs.map((t) => t.toFixed(1)).join(' ')} ms`);
+    await fsp.rm(disk.diskDir, { recursive: true });
     const ours = median(samplesMs);
+    const first = smallest === null;
     smallest ??= ours;
-    const first = rows.every((x) => x.unit !== 'ms');
     const ratio = first ? null : ours / smallest;
     const flat = ratio === null || ratio <= SNAPSHOT_FLAT_FACTOR;
     rows.push({
-      operation: `snapshot (${formatBytes(size)} data)`,
+      operation: `snapshot (${formatBytes(disk.size)} data)`,
       unit: 'ms',
       ours,
       baseline: first ? null : smallest,
@@ -278,10 +367,24 @@ async function benchSnapshot(cfg: Config, dir: string, rows: Row[]) {
         : `<= ${SNAPSHOT_MAX_MS} ms, <= ${SNAPSHOT_FLAT_FACTOR}x`,
       pass: ours <= SNAPSHOT_MAX_MS && flat,
       samplesMs,
-      bytes: size,
-      note: `${mapped} clusters mapped, ${written ? 'written' : 'allocated'}`,
+      bytes: disk.size,
+      note: `${disk.mapped} clusters mapped, ${disk.written ? 'written' : 'allocated'}`,
     });
   }
+  rows.push({
+    operation: 'sync floor of a snapshot',
+    unit: 'ms',
+    ours: median(floorMs),
+    baseline: null,
+    baselineLabel: '',
+    ratio: null,
+    goal: 'reference',
+    pass: true,
+    samplesMs: floorMs,
+    note:
+      'plain file calls: a new file with one cluster written and synced while a small file is ' +
+      'written and synced, then a rename over an existing file and a directory fsync',
+  });
 }
 
 function fmt(n: number | null, digits: number): string {
@@ -341,13 +444,15 @@ async function main(): Promise<void> {
       const raw = path.join(scratch.dir, 'data.raw');
       log(`writing ${formatBytes(cfg.size)} of random data`);
       await writeRandomFile(raw, cfg.size);
-      log('cp, import and export');
-      const cpMs = await benchImportExport(cfg, scratch.dir, raw, rows);
-      await fsp.rm(raw);
-      if (cfg.ops.has('merge')) {
-        log('merge');
-        await benchMerge(cfg, scratch.dir, cpMs, rows);
+      if (cfg.ops.has('import') || cfg.ops.has('export')) {
+        log('cp, import and export');
+        await benchImportExport(cfg, scratch.dir, raw, rows);
       }
+      if (cfg.ops.has('merge')) {
+        log('cp and merge');
+        await benchMerge(cfg, scratch.dir, raw, rows);
+      }
+      await fsp.rm(raw);
     }
     if (cfg.ops.has('snapshot')) {
       log('snapshot');
@@ -378,8 +483,10 @@ async function main(): Promise<void> {
         `clusters, ${fsType} under ${parent}${drop}`,
     );
     console.log(
-      `throughput: median of ${cfg.runs} runs, fdatasync included in ours and in cp; ` +
-        `snapshot: median of ${cfg.snapshotRuns}\n`,
+      `throughput: median of ${cfg.runs} runs, each paired with a cp of the same bytes; ratio = ` +
+        `median of the per-run ratios; fdatasync included in ours and in cp\n` +
+        `snapshot: median of ${cfg.snapshotRuns}; sync floor = the synced I/O a snapshot needs, ` +
+        `done with plain file calls between the snapshots\n`,
     );
     console.log(table(rows));
     console.log(

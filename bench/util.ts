@@ -65,6 +65,55 @@ export async function cpBaseline(src: string, dst: string): Promise<void> {
   await datasyncFile(dst);
 }
 
+/** Unlinks a file and fsyncs its directory, so the removal is durable. */
+export async function unlinkSynced(file: string): Promise<void> {
+  await fsp.unlink(file);
+  const d = await fsp.open(path.dirname(file), 'r');
+  try {
+    await d.sync();
+  } finally {
+    await d.close();
+  }
+}
+
+/**
+ * Times the synced I/O that any crash-safe snapshot needs, done with plain file calls: a new
+ * file with one cluster of zeros written and fdatasync'd while a small file (the new
+ * descriptor) is written and fdatasync'd, then a rename of the small file over an existing one
+ * and an fsync of the directory. The snapshot row is compared with this floor.
+ */
+export async function syncFloorMs(dir: string, clusterSize: number): Promise<number> {
+  const target = path.join(dir, 'floor.xml');
+  const tmp = `${target}.tmp`;
+  const delta = path.join(dir, 'floor.delta');
+  await fsp.writeFile(target, 'x');
+  const writeSynced = async (file: string, data: Buffer) => {
+    const fh = await fsp.open(file, 'wx');
+    try {
+      await fh.write(data, 0, data.length, 0);
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
+  };
+  const cluster = Buffer.alloc(clusterSize);
+  const xml = Buffer.alloc(2048, 'x');
+  await settle(false);
+  const ms = await timeMs(async () => {
+    await Promise.all([writeSynced(delta, cluster), writeSynced(tmp, xml)]);
+    await fsp.rename(tmp, target);
+    const d = await fsp.open(dir, 'r');
+    try {
+      await d.sync();
+    } finally {
+      await d.close();
+    }
+  });
+  await fsp.rm(delta);
+  await fsp.rm(target);
+  return ms;
+}
+
 /**
  * Brings the machine to the same state before each timed step: everything written so far is
  * on disk, and, when asked with PLOOP_BENCH_DROP_CACHES=1, the page cache is emptied so reads

@@ -7,8 +7,8 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { BusyError, InvalidArgumentError, NotFoundError } from './errors.js';
-import { SECTOR } from './header.js';
-import { FileSystem, nodeFileSystem } from './io.js';
+import { SECTOR, virtualSize } from './header.js';
+import { FileSystem, nodeFileSystem, writeTempFile } from './io.js';
 import {
   DESCRIPTOR_NAME,
   Descriptor,
@@ -23,12 +23,14 @@ import {
   newGuid,
   readDescriptor,
   resolveImagePath,
+  serializeDescriptor,
+  validateDescriptor,
   writeDescriptor,
 } from './descriptor.js';
 import { CreateImageOptions, PloopImage, readZeroFilled } from './image.js';
 import { RawImage, openDelta } from './chain.js';
 import { growImage } from './grow.js';
-import { BufferPool, Progress, forEachLimited } from './copy.js';
+import { PIECE_BYTES, Progress, SyncBehind, streamPieces } from './copy.js';
 import { withLock } from './lock.js';
 import { repairImage } from './check.js';
 
@@ -41,6 +43,8 @@ export interface DiskOptions {
   lockTimeoutMs?: number;
   /** The top is served by a paused device: it is in use, not damaged (snapshot only). */
   liveTop?: boolean;
+  /** Bytes a merge copies between background syncs (default SYNC_BEHIND_BYTES). */
+  syncEvery?: number;
 }
 
 function fsOf(o: DiskOptions): FileSystem {
@@ -155,26 +159,11 @@ export async function snapshot(ddPath: string, opts: DiskOptions = {}): Promise<
     }
     const topIm = imageOf(d, d.topGuid);
     const topFile = resolveImagePath(ddPath, topIm.file);
-    let version: 1 | 2 = 2;
-    let size = d.sizeSectors * SECTOR;
-    if (topIm.type === 'Compressed') {
-      // A top left dirty by a crash is repaired before it is frozen; a live top (served by a
-      // device that is paused and flushed) is in use by design and is left as it is.
-      let top = await PloopImage.openForRepair(topFile, fs, true);
-      if (!opts.liveTop && top.header.inUse !== 0) {
-        await top.close();
-        await repairImage(topFile, fs);
-        top = await PloopImage.openForRepair(topFile, fs, true);
-      }
-      version = top.version;
-      size = top.virtualSize;
-      await top.close();
-    }
+    const topType = topIm.type;
     const guid = newGuid();
     const name = newDeltaName(d);
-    const file = path.join(path.dirname(ddPath), name);
-    await PloopImage.create(file, { size, clusterSize: d.clusterSectors * SECTOR, version, fs });
-    await fs.syncDir(path.dirname(file));
+    const dir = path.dirname(ddPath);
+    const file = path.join(dir, name);
     for (const im of d.images) if (im.guid === d.topGuid) im.guid = guid;
     for (const s of d.snapshots) {
       if (s.guid === d.topGuid) s.guid = guid;
@@ -183,7 +172,44 @@ export async function snapshot(ddPath: string, opts: DiskOptions = {}): Promise<
     d.images.push({ guid: TOP_GUID, type: 'Compressed', file: name });
     d.snapshots.push({ guid: TOP_GUID, parent: guid, temporary: false });
     d.topGuid = TOP_GUID;
-    await writeDescriptor(fs, ddPath, d);
+    validateDescriptor(d, ddPath);
+    const makeDelta = async () => {
+      let version: 1 | 2 = 2;
+      let size = d.sizeSectors * SECTOR;
+      if (topType === 'Compressed') {
+        // A top left dirty by a crash is repaired before it is frozen; a live top (served by
+        // a device that is paused and flushed) is in use by design and is left as it is. Only
+        // the header is read: the BAT is not needed, so the cost does not grow with the disk.
+        let top = await PloopImage.readHeader(topFile, fs);
+        if (!opts.liveTop && top.inUse !== 0) {
+          await repairImage(topFile, fs);
+          top = await PloopImage.readHeader(topFile, fs);
+        }
+        version = top.version;
+        size = virtualSize(top);
+      }
+      await PloopImage.create(file, { size, clusterSize: d.clusterSectors * SECTOR, version, fs });
+    };
+    // The empty delta and the new descriptor (as DiskDescriptor.xml.tmp) are written and
+    // synced at the same time; then the rename publishes both and one directory sync makes it
+    // durable. No directory sync is needed between the delta's creation and the rename: both
+    // are in this directory and journaling file systems commit name changes in order (ploop
+    // itself renames its .tmp without one), so the new descriptor never survives a crash
+    // without the delta it names, and the delta's contents (like a repair of the old top)
+    // were synced before the rename.
+    const [created, staged] = await Promise.allSettled([
+      makeDelta(),
+      writeTempFile(fs, ddPath, serializeDescriptor(d)),
+    ]);
+    if (created.status === 'rejected' || staged.status === 'rejected') {
+      if (staged.status === 'fulfilled') await unlinkQuietly(fs, staged.value);
+      if (created.status === 'fulfilled') await unlinkQuietly(fs, file);
+      throw created.status === 'rejected'
+        ? created.reason
+        : (staged as PromiseRejectedResult).reason;
+    }
+    await fs.rename(staged.value, ddPath);
+    await fs.syncDir(dir);
     return guid;
   });
 }
@@ -320,9 +346,6 @@ async function unlinkQuietly(fs: FileSystem, file: string): Promise<void> {
   }
 }
 
-/** Batch size for merges: entries are made durable after each batch of copied clusters. */
-const MERGE_BATCH = 256;
-
 /**
  * Merges the single child of `parentGuid` into it and rewrites the descriptor: the child's GUID
  * survives on the parent's file (ploop semantics). Idempotent, so it can be re-run after a crash.
@@ -357,30 +380,48 @@ async function mergeChildInto(
         // A raw parent must grow too, or the merged disk ends at its last written cluster.
         await parent.file.truncate(child.virtualSize);
       }
+      // Piece by piece in virtual order: clusters new to the parent are appended in order,
+      // each entry set once its cluster is whole; syncs run behind the copy.
       const cluster = child.clusterSize;
+      const piece = Math.min(cluster, PIECE_BYTES);
+      const parts = cluster / piece;
       const mapped: number[] = [];
       for (let vc = 0; vc < child.bat.length; vc++) if (child.map(vc) >= 0) mapped.push(vc);
-      let done = 0;
-      const pool = new BufferPool(cluster);
-      for (let b = 0; b < mapped.length; b += MERGE_BATCH) {
-        const batch = mapped.slice(b, b + MERGE_BATCH);
-        await forEachLimited(batch.length, 4, (i) =>
-          pool.with(async (buf) => {
-            const vc = batch[i]!;
-            await readZeroFilled(child.file, buf, child.map(vc));
-            if (parent instanceof RawImage) {
-              await parent.file.write(buf, vc * cluster);
-              return;
+      const behind = new SyncBehind(
+        () => (parent instanceof PloopImage ? parent.flushBehind() : parent.file.sync()),
+        opts.syncEvery,
+      );
+      let host = -1;
+      let fresh = false;
+      await streamPieces(
+        mapped.length * parts,
+        piece,
+        async (i, buf) => {
+          const vc = mapped[Math.floor(i / parts)]!;
+          await readZeroFilled(child.file, buf, child.map(vc) + (i % parts) * piece);
+          return buf;
+        },
+        async (i, data) => {
+          const n = Math.floor(i / parts);
+          const part = i % parts;
+          const vc = mapped[n]!;
+          if (parent instanceof RawImage) {
+            await parent.file.write(data, vc * cluster + part * piece);
+          } else {
+            if (part === 0) {
+              // A cluster the parent maps is overwritten in place, else one is appended.
+              host = parent.map(vc);
+              fresh = host < 0;
+              if (fresh) host = parent.reserveCluster();
             }
-            const host = parent.map(vc);
-            if (host >= 0) await parent.file.write(buf, host);
-            else await parent.allocate(vc, buf);
-          }),
-        );
-        if (parent instanceof PloopImage) await parent.flush();
-        done += batch.length;
-        opts.progress?.(done, mapped.length);
-      }
+            await parent.file.write(data, host + part * piece);
+            if (fresh && part === parts - 1) parent.setEntry(vc, host);
+          }
+          await behind.wrote(data.length);
+          if (part === parts - 1) opts.progress?.(n + 1, mapped.length);
+        },
+      );
+      await behind.drain();
       await parent.close();
     } catch (err) {
       if (parent instanceof PloopImage) await parent.abandon();

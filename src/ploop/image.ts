@@ -51,6 +51,20 @@ export interface EntryProblem {
   entry: number;
 }
 
+/** Shared zeros, never written to (see zeroBytes). */
+let zeroChunk: Buffer | null = null;
+
+/**
+ * Up to `n` (at most 1 MiB) zero bytes for writing zero-filled areas. One buffer serves every
+ * such write: freshly allocated memory costs a page fault per page on first use, which on
+ * virtual machines can make a new 1 MiB buffer cost more (measured: about 4 ms) than writing
+ * and syncing it.
+ */
+export function zeroBytes(n: number): Buffer {
+  zeroChunk ??= Buffer.alloc(1 << 20);
+  return zeroChunk.subarray(0, Math.min(n, zeroChunk.length));
+}
+
 /** Reads exactly `buf.length` bytes at `pos`, zero-filling past EOF. */
 export async function readZeroFilled(
   file: RandomAccessFile,
@@ -68,6 +82,8 @@ export class PloopImage {
   private readonly pendingBat = new Set<number>();
   /** Host ranges released since the last flush; punched once their BAT change is durable. */
   private released: number[] = [];
+  /** The sync started by `flushBehind` and the entry writes that follow it, if any. */
+  private behind: Promise<void> | null = null;
   private closed = false;
 
   private constructor(
@@ -145,16 +161,29 @@ export class PloopImage {
         return null;
       }
       const dataOff = h.dataOff * SECTOR;
-      const bat = Buffer.alloc(dataOff - HEADER_SIZE);
+      // The whole BAT area is written, zeros included: ploop 1.15 check rejects an image whose
+      // BAT area is sparse or only allocated (fallocate'd), as "sparse".
       if (format === 'preallocated') {
+        const area = Buffer.alloc(dataOff);
+        encodeHeader(h).copy(area, 0);
         // Identity mapping: virtual cluster i lives at data_off + i·cluster (ploop-format.md §1.11).
         const step = h.version === 1 ? h.clusterSectors : 1;
         const first = h.version === 1 ? h.dataOff : h.dataOff / h.clusterSectors;
-        for (let i = 0; i < h.batEntries; i++) bat.writeUInt32LE(first + i * step, 4 * i);
+        for (let i = 0; i < h.batEntries; i++)
+          area.writeUInt32LE(first + i * step, HEADER_SIZE + 4 * i);
         await f.allocate(dataOff, h.batEntries * cluster);
+        await f.write(area, 0);
+      } else {
+        // Header in a small buffer, the empty BAT from shared zeros (see zeroBytes).
+        const head = Buffer.alloc(Math.min(dataOff, 4096));
+        encodeHeader(h).copy(head, 0);
+        await f.write(head, 0);
+        for (let off = head.length; off < dataOff;) {
+          const z = zeroBytes(dataOff - off);
+          await f.write(z, off);
+          off += z.length;
+        }
       }
-      // Whole BAT area written (ploop 1.15 check rejects a sparse one as "sparse").
-      await f.write(Buffer.concat([encodeHeader(h), bat]), 0);
       await f.sync();
     } finally {
       await f.close();
@@ -164,6 +193,40 @@ export class PloopImage {
 
   // ---- opening ---------------------------------------------------------------------------
 
+  /**
+   * Reads and validates only the header (not the BAT): what a snapshot needs of the top, at a
+   * cost that does not depend on the size of the disk.
+   */
+  static async readHeader(path: string, fs: FileSystem = nodeFileSystem): Promise<Header> {
+    const file = await fs.open(path, 'r');
+    try {
+      return (await PloopImage.readCheckedHeader(path, file)).header;
+    } finally {
+      await file.close();
+    }
+  }
+
+  /** Reads the header and rejects what no open accepts (damage, pending conversion, huge BAT). */
+  private static async readCheckedHeader(
+    path: string,
+    file: RandomAccessFile,
+  ): Promise<{ header: Header; fileSize: number }> {
+    const fileSize = await file.size();
+    const hb = Buffer.alloc(HEADER_SIZE);
+    await readZeroFilled(file, hb, 0);
+    const header = decodeHeader(hb);
+    if (!header) throw new CorruptImageError(path, 'not a ploop image (unknown signature)');
+    const problems = headerProblems(header, fileSize);
+    if (problems.length) throw new CorruptImageError(path, problems.join('; '));
+    if (header.flags & CIF_FMT_CONVERT) {
+      throw new UnsupportedError(`${path}: an interrupted format conversion is pending`);
+    }
+    if (4 * header.batEntries > MAX_BAT_BYTES) {
+      throw new UnsupportedError(`${path}: BAT of ${header.batEntries} entries is too large`);
+    }
+    return { header, fileSize };
+  }
+
   /** Reads and validates the header and BAT. Throws CorruptImageError for structural damage. */
   static async load(
     path: string,
@@ -172,25 +235,15 @@ export class PloopImage {
   ): Promise<{ file: RandomAccessFile; header: Header; bat: Uint32Array; fileSize: number }> {
     const file = await fs.open(path, readOnly ? 'r' : 'rw');
     try {
-      const fileSize = await file.size();
-      const hb = Buffer.alloc(HEADER_SIZE);
-      await readZeroFilled(file, hb, 0);
-      const header = decodeHeader(hb);
-      if (!header) throw new CorruptImageError(path, 'not a ploop image (unknown signature)');
-      const problems = headerProblems(header, fileSize);
-      if (problems.length) throw new CorruptImageError(path, problems.join('; '));
-      if (header.flags & CIF_FMT_CONVERT) {
-        throw new UnsupportedError(`${path}: an interrupted format conversion is pending`);
-      }
-      const batBytes = 4 * header.batEntries;
-      if (batBytes > MAX_BAT_BYTES) {
-        throw new UnsupportedError(`${path}: BAT of ${header.batEntries} entries is too large`);
-      }
-      const raw = Buffer.alloc(batBytes);
+      const { header } = await PloopImage.readCheckedHeader(path, file);
+      const raw = Buffer.alloc(4 * header.batEntries);
       await readZeroFilled(file, raw, HEADER_SIZE);
       const bat = new Uint32Array(header.batEntries);
       for (let i = 0; i < bat.length; i++) bat[i] = raw.readUInt32LE(4 * i);
-      return { file, header, bat, fileSize };
+      // Measured again after the BAT: a writer (the device engine) writes a cluster before
+      // its entry, so every entry read here points inside the file as it is now, while the
+      // size from before the BAT read may predate the newest clusters.
+      return { file, header, bat, fileSize: await file.size() };
     } catch (err) {
       await file.close();
       throw err;
@@ -333,6 +386,7 @@ export class PloopImage {
    */
   async flush(): Promise<void> {
     if (this.readOnly) return;
+    await this.settleBehind();
     await this.file.sync();
     if (this.pendingBat.size) {
       await this.writeBatEntries([...this.pendingBat]);
@@ -340,30 +394,105 @@ export class PloopImage {
       await this.file.sync();
     }
     if (this.released.length) {
-      const ranges = this.released.sort((a, b) => a - b);
+      const hosts = this.released.sort((a, b) => a - b);
       this.released = [];
-      for (const host of ranges) {
-        if (!this.isReferenced(host)) await this.file.punchHole(host, this.clusterSize);
+      // One hole per run of adjacent clusters: each punch is a process spawn (see io.ts).
+      const cs = this.clusterSize;
+      const referenced = this.referencedTest(hosts.length);
+      let start = -1;
+      let end = -1;
+      for (const host of hosts) {
+        if (host < end || referenced(host)) continue;
+        if (host === end) {
+          end += cs;
+          continue;
+        }
+        if (start >= 0) await this.file.punchHole(start, end - start);
+        start = host;
+        end = host + cs;
       }
+      if (start >= 0) await this.file.punchHole(start, end - start);
     }
   }
 
-  private isReferenced(host: number): boolean {
-    const e = this.hostToEntry(host);
-    return this.bat.includes(e);
+  /**
+   * Starts what `flush` does while the caller goes on writing: a sync of the data written so
+   * far, then the BAT entries changed so far, with the values they have now. Those entries are
+   * written only once the sync returned, so they point at durable data; they become durable
+   * themselves with the next sync. Entries changed later wait for a later (behind) flush. Only
+   * call it when every cluster an entry changed so far points at has been completely written.
+   * Returns at once; a second call, `flush` and `close` wait for the previous one (and throw
+   * its error).
+   */
+  flushBehind(): Promise<void> {
+    if (this.readOnly) return Promise.resolve();
+    this.assertWritable();
+    const indices = [...this.pendingBat];
+    const values = indices.map((i) => this.bat[i]!);
+    this.pendingBat.clear();
+    const prev = this.behind;
+    const run = (async () => {
+      if (prev) await prev;
+      await this.file.sync();
+      // Only adjacent slots are joined: a slot in a gap may hold a newer, not yet durable value.
+      await this.writeEntryValues(indices, values, 1);
+    })();
+    // On failure the entries are written by the next flush instead (which throws first).
+    run.catch(() => indices.forEach((i) => this.pendingBat.add(i)));
+    this.behind = run;
+    return run;
+  }
+
+  /** Waits for a `flushBehind` in progress and throws its error. */
+  private async settleBehind(): Promise<void> {
+    const p = this.behind;
+    if (!p) return;
+    try {
+      await p;
+    } finally {
+      if (this.behind === p) this.behind = null;
+    }
+  }
+
+  /** Whether a host cluster is referenced: a scan per question for a few, else one set. */
+  private referencedTest(questions: number): (host: number) => boolean {
+    if (questions <= 8) return (host) => this.bat.includes(this.hostToEntry(host));
+    const entries = new Set(this.bat);
+    return (host) => entries.has(this.hostToEntry(host));
   }
 
   /** Writes the given BAT slots, coalesced into runs. */
   private async writeBatEntries(indices: number[]): Promise<void> {
-    indices.sort((a, b) => a - b);
+    await this.writeEntryValues(
+      indices,
+      indices.map((i) => this.bat[i]!),
+      16,
+    );
+  }
+
+  /**
+   * Writes `values[k]` into BAT slot `indices[k]`, joined into runs where slots are at most
+   * `maxGap` apart; the slots in the gaps are written with their values in memory, so only
+   * join across gaps when every changed slot is among `indices`.
+   */
+  private async writeEntryValues(
+    indices: number[],
+    values: number[],
+    maxGap: number,
+  ): Promise<void> {
+    const order = indices.map((_, k) => k).sort((a, b) => indices[a]! - indices[b]!);
     let i = 0;
-    while (i < indices.length) {
+    while (i < order.length) {
       let j = i;
-      while (j + 1 < indices.length && indices[j + 1]! - indices[j]! <= 16) j++;
-      const first = indices[i]!;
-      const last = indices[j]!;
+      while (j + 1 < order.length && indices[order[j + 1]!]! - indices[order[j]!]! <= maxGap) j++;
+      const first = indices[order[i]!]!;
+      const last = indices[order[j]!]!;
       const buf = Buffer.alloc(4 * (last - first + 1));
       for (let k = first; k <= last; k++) buf.writeUInt32LE(this.bat[k]!, 4 * (k - first));
+      for (let k = i; k <= j; k++) {
+        const o = order[k]!;
+        buf.writeUInt32LE(values[o]!, 4 * (indices[o]! - first));
+      }
       await this.file.write(buf, HEADER_SIZE + 4 * first);
       i = j + 1;
     }
@@ -435,6 +564,8 @@ export class PloopImage {
   async abandon(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // A flush still running in the background must not outlive the file handle.
+    await this.behind?.catch(() => undefined);
     await this.file.close();
   }
 }

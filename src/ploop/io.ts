@@ -176,12 +176,16 @@ export const nodeFileSystem: FileSystem = {
   },
 };
 
-/** Writes a file atomically: temporary file, fsync, rename over the target, fsync the directory. */
-export async function writeFileAtomic(
+/**
+ * First half of `writeFileAtomic`: writes `data` to `<file>.tmp` (replacing a stale one) and
+ * syncs it. Returns the temporary path; renaming it over `file` and syncing the directory
+ * completes the atomic write.
+ */
+export async function writeTempFile(
   fs: FileSystem,
   file: string,
   data: string | Uint8Array,
-): Promise<void> {
+): Promise<string> {
   const tmp = `${file}.tmp`;
   if (await fs.exists(tmp)) await fs.unlink(tmp);
   const f = await fs.open(tmp, 'create');
@@ -192,6 +196,16 @@ export async function writeFileAtomic(
   } finally {
     await f.close();
   }
+  return tmp;
+}
+
+/** Writes a file atomically: temporary file, fsync, rename over the target, fsync the directory. */
+export async function writeFileAtomic(
+  fs: FileSystem,
+  file: string,
+  data: string | Uint8Array,
+): Promise<void> {
+  const tmp = await writeTempFile(fs, file, data);
   await fs.rename(tmp, file);
   await fs.syncDir(path.dirname(file));
 }
