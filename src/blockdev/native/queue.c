@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -101,9 +102,18 @@ static void *queue_main(void *arg)
 	}
 	set_armed(q, 1);
 
+	/*
+	 * A tag is ours until the kernel aborts its fetch (STOP_DEV, QUIESCE_DEV). Once aborts
+	 * begin, the kernel has swept the idle fetches; a request still being served here is
+	 * committed, but the fetch that commit re-arms is not swept again (it is cancelled when
+	 * the ring goes), so such a tag counts as gone once committed. Waiting for its abort
+	 * would keep the thread (and a graceful hand-over) waiting forever.
+	 */
+	uint8_t *gone = calloc((size_t)q->depth, 1);
 	int live = q->depth;
-	int err = 0;
-	while (live > 0) {
+	int stopping = 0;
+	int err = gone ? 0 : -ENOMEM;
+	while (live > 0 && gone) {
 		r = io_uring_submit_and_wait(&q->ring, 1);
 		if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
 			err = r;
@@ -115,21 +125,34 @@ static void *queue_main(void *arg)
 		{
 			int tag = (int)cqe->user_data;
 			n++;
-			if (cqe->res == UBLK_IO_RES_OK && tag >= 0 && tag < q->depth) {
+			if (tag < 0 || tag >= q->depth)
+				continue;
+			if (cqe->res == UBLK_IO_RES_OK) {
 				int res = q->handler(q->ctx, q->qid, &q->iods[tag],
 						     q->bufs + (size_t)tag * q->buf_size);
 				if (queue_cmd(q, UBLK_NR_IO_COMMIT_AND_FETCH_REQ, tag, res))
 					err = -EBUSY;
+				if (stopping && !gone[tag]) {
+					gone[tag] = 1;
+					live--;
+				}
 			} else {
 				/* -ENODEV: aborted by STOP_DEV/QUIESCE_DEV; anything else is a protocol
 				 * error for this tag. Either way the tag is no longer ours. */
 				if (cqe->res != UBLK_IO_RES_ABORT && !err)
 					err = cqe->res;
-				live--;
+				stopping = 1;
+				if (!gone[tag]) {
+					gone[tag] = 1;
+					live--;
+				}
 			}
 		}
 		io_uring_cq_advance(&q->ring, n);
 	}
+	/* Commits queued in the last round still have to reach the kernel. */
+	io_uring_submit(&q->ring);
+	free(gone);
 	pthread_mutex_lock(&q->mtx);
 	q->exited = 1;
 	q->exit_error = err;
