@@ -11,6 +11,8 @@ import { OutputOptions, print } from './output.js';
 export const DEFAULT_BLOCKD_SOCKET = '/run/ploop-csi/blockd.sock';
 export const DEFAULT_STATE_DIR = '/var/lib/ploop-csi/blockd';
 const NS_MARK = 'PLOOP_CSI_BLOCKD_PRIVATE_NS';
+/** Longest a graceful stop waits for devices to quiesce (kubelet's grace period is 30 s). */
+const HAND_OVER_DEADLINE_MS = 15_000;
 
 /**
  * blockd must not share the mount namespace in which its devices are mounted (ublk.md §0.4):
@@ -99,7 +101,16 @@ export function blockdCommand(): Command {
           stopping = true;
           log('hand-over', { signal: sig });
           server.close();
-          void d.handOver().finally(resolve);
+          // Quiescing drains in-flight I/O; should it not finish, exiting is still safe: the
+          // kernel keeps the devices and re-issues their I/O to the next blockd.
+          const deadline = setTimeout(() => {
+            log('hand-over did not finish in time; exiting, in-flight I/O will be re-issued');
+            resolve();
+          }, HAND_OVER_DEADLINE_MS);
+          void d.handOver().finally(() => {
+            clearTimeout(deadline);
+            resolve();
+          });
         };
         process.on('SIGTERM', () => stop('SIGTERM'));
         process.on('SIGINT', () => stop('SIGINT'));
