@@ -10,7 +10,9 @@
 # <results>/vm-error.
 #
 # Kernel command line: ploopcsi.cmd=PATH ploopcsi.results=PATH [ploopcsi.cwd=PATH]
-#                      [ploopcsi.msize=BYTES]
+#                      [ploopcsi.msize=BYTES] [ploopcsi.share=PATH]
+# With ploopcsi.share= the 9p tag "work" (a host directory below one of the directories replaced
+# here, such as a checkout in /tmp) is mounted read-only at that path.
 /bin/busybox --install -s /bin
 export PATH=/bin
 umask 022
@@ -26,6 +28,7 @@ say "init started at $(uptime_s)s on $(uname -r)"
 cmd=''
 results=''
 cwd=/
+share=''
 msize=262144
 read -r cmdline </proc/cmdline
 for arg in $cmdline; do
@@ -34,6 +37,7 @@ for arg in $cmdline; do
     ploopcsi.results=*) results=${arg#*=} ;;
     ploopcsi.cwd=*) cwd=${arg#*=} ;;
     ploopcsi.msize=*) msize=${arg#*=} ;;
+    ploopcsi.share=*) share=${arg#*=} ;;
   esac
 done
 
@@ -84,6 +88,12 @@ if ! {
     mount -t tmpfs -o mode=700 tmpfs /mnt/root
 }; then
   finish 125 "could not mount the pseudo file systems in the host root"
+fi
+
+if [ -n "$share" ]; then
+  mkdir -p "/mnt$share" 2>/dev/null
+  mount -t 9p -o "trans=virtio,version=9p2000.L,msize=$msize,ro,cache=loose" work "/mnt$share" ||
+    finish 125 "could not mount the shared directory $share (9p tag work)"
 fi
 
 if [ -n "$resdir" ] && [ -n "$results" ]; then

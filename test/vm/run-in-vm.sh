@@ -71,8 +71,15 @@ hidden_in_vm() { # PATH: is it below a directory the VM replaces with its own?
 [ -f "$script" ] || vm_die "script $script not found"
 script=$(realpath "$script")
 no_space script "$script"
-hidden_in_vm "$script" &&
-  vm_die "script $script is below a directory the VM mounts its own file system on; put it elsewhere on the root file system"
+# A script below such a directory (a checkout in /tmp, say) is reached through one more share:
+# the repository (or the script's directory) is mounted read-only at its own path in the VM.
+share=''
+if hidden_in_vm "$script"; then
+  share=$(git -C "$(dirname "$script")" rev-parse --show-toplevel 2>/dev/null || dirname "$script")
+  share=$(realpath "$share")
+  no_space "shared directory" "$share"
+  vm_log "$script is below a directory the VM replaces; sharing $share read-only at the same path"
+fi
 [ -x "$script" ] || vm_log "warning: $script is not executable, it will be run with /bin/sh"
 
 # --- qemu and the kernel --------------------------------------------------------------------------
@@ -131,7 +138,9 @@ rm -f "$results/exit-status" "$results/vm-error" "$results/console.log" "$result
 
 cwd=$(pwd -P)
 case $cwd in *[[:space:]]*) cwd=/ ;; esac
-hidden_in_vm "$cwd" && cwd=/
+if hidden_in_vm "$cwd"; then
+  case $cwd in "$share" | "$share"/*) [ -n "$share" ] || cwd=/ ;; *) cwd=/ ;; esac
+fi
 
 # --- accelerator -------------------------------------------------------------------------------------
 qemu_cmd() { # ACCEL CMD RESULTS APPEND...
@@ -143,9 +152,12 @@ qemu_cmd() { # ACCEL CMD RESULTS APPEND...
   printf '%s\0' qemu-system-x86_64 -accel "$accel_opt" -cpu "$cpu" -m "$mem" -smp "$smp" \
     -nodefaults -no-user-config -display none -monitor none -serial stdio -no-reboot \
     -kernel "$vmlinuz" -initrd "$initrd" \
-    -append "console=ttyS0 panic=-1 quiet ploopcsi.cmd=$cmd ploopcsi.results=$res ploopcsi.cwd=$cwd $*" \
+    -append "console=ttyS0 panic=-1 quiet ploopcsi.cmd=$cmd ploopcsi.results=$res ploopcsi.cwd=$cwd${share:+ ploopcsi.share=$share} $*" \
     -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
     -virtfs "local,path=$res,mount_tag=results,security_model=none,multidevs=remap"
+  if [ -n "$share" ]; then
+    printf '%s\0' -virtfs "local,path=$share,mount_tag=work,security_model=none,readonly=on,multidevs=remap"
+  fi
 }
 
 # KVM is used only when a short boot really works: on nested-virtualisation hosts /dev/kvm can
