@@ -106,16 +106,6 @@ static int zero_keep(struct pl_chain *c, uint64_t host)
 	return write_zero_bytes(c, host, c->cluster);
 }
 
-/* Makes a cluster of the top read as zeros and return its space (hole, else real zeros). */
-static int zero_release(struct pl_chain *c, uint64_t host)
-{
-	if (!fallocate(top_of(c)->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)host,
-		       c->cluster))
-		return 0;
-	if (errno != EOPNOTSUPP && errno != EINVAL)
-		return -errno;
-	return write_zero_bytes(c, host, c->cluster);
-}
 
 /* ---- mapping --------------------------------------------------------------------------- */
 
@@ -187,12 +177,6 @@ static int sparse_test(const struct pl_chain *c, uint32_t vc)
 	return c->sparse && (__atomic_load_n(&c->sparse[vc >> 3], __ATOMIC_ACQUIRE) >> (vc & 7)) & 1;
 }
 
-static void sparse_set(struct pl_chain *c, uint32_t vc)
-{
-	if (c->sparse)
-		__atomic_fetch_or(&c->sparse[vc >> 3], (uint8_t)(1u << (vc & 7)), __ATOMIC_RELEASE);
-}
-
 static void sparse_clear(struct pl_chain *c, uint32_t vc)
 {
 	if (c->sparse)
@@ -201,7 +185,8 @@ static void sparse_clear(struct pl_chain *c, uint32_t vc)
 
 /*
  * Marks the top's mapped clusters that hold a hole (or an unwritten extent, which SEEK_HOLE
- * reports the same way): left by an earlier discard or write-zeroes, or by another writer.
+ * reports the same way), as other writers leave them (QEMU, dm-ploop, older versions of this
+ * engine); this engine itself never leaves a mapped cluster sparse.
  * One pass over the file's extents at open; nothing is marked when the file system cannot say.
  */
 static int sparse_scan(struct pl_chain *c, struct pl_delta *top, uint64_t fsize)
@@ -243,7 +228,7 @@ static int sparse_scan(struct pl_chain *c, struct pl_delta *top, uint64_t fsize)
 	return 0;
 }
 
-enum alloc_fill { FILL_DATA, FILL_ZERO_KEEP, FILL_ZERO_HOLE };
+enum alloc_fill { FILL_DATA, FILL_ZEROS };
 
 /*
  * Appends a cluster to the top for vc and maps it. Caller holds alloc_mtx and has checked that
@@ -264,24 +249,13 @@ static int alloc_cluster(struct pl_chain *c, uint32_t vc, enum alloc_fill fill, 
 	case FILL_DATA:
 		r = pwrite_full(top->fd, src, c->cluster, host);
 		break;
-	case FILL_ZERO_KEEP:
+	case FILL_ZEROS:
 		r = zero_keep(c, host);
 		break;
-	case FILL_ZERO_HOLE: {
-		struct stat st;
-		if (fstat(top->fd, &st))
-			r = -errno;
-		else if ((uint64_t)st.st_size < host + c->cluster &&
-			 ftruncate(top->fd, (off_t)(host + c->cluster)))
-			r = -errno;
-		break;
-	}
 	}
 	if (!r && durable)
 		r = top_sync(c);
-	if (!r && fill == FILL_ZERO_HOLE)
-		sparse_set(c, vc);
-	else if (!r)
+	if (!r)
 		sparse_clear(c, vc);
 	if (!r)
 		r = set_entry(c, vc, e);
@@ -609,11 +583,13 @@ static int push_released(struct pl_chain *c, uint64_t host)
 }
 
 /*
- * Makes whole clusters [first, end) read as zeros. keep = the space must stay allocated
- * (WRITE_ZEROES with NOUNMAP). A BAT entry is only cleared when no lower delta maps the cluster;
- * over lower data the top keeps (or gets) a cluster of zeros.
+ * Whole clusters [first, end) for DISCARD (hint) or WRITE_ZEROES (keep = NOUNMAP). A cluster
+ * only the top maps is unmapped (its space returned at the next flush) unless keep is set.
+ * Over data a lower delta holds, write-zeroes gives the top a cluster of real zeros and discard
+ * does nothing: a mapped cluster is never left a hole, which ploop check (1.x) rejects, and a
+ * discard, being a hint, must not cost space that a snapshot already pays for.
  */
-static int zero_clusters(struct pl_chain *c, uint64_t first, uint64_t end, int keep)
+static int zero_clusters(struct pl_chain *c, uint64_t first, uint64_t end, int keep, int hint)
 {
 	struct pl_delta *top = top_of(c);
 	for (uint64_t v = first; v < end; v++) {
@@ -635,15 +611,13 @@ static int zero_clusters(struct pl_chain *c, uint64_t first, uint64_t end, int k
 					pl_stats_add(&c->stats->released_clusters, 1);
 				else if (c->nreleased && c->released[c->nreleased - 1] == host)
 					c->nreleased--;
-			} else {
-				r = keep ? zero_keep(c, host) : zero_release(c, host);
-				if (!r && !keep)
-					sparse_set(c, vc);
-				else if (!r)
+			} else if (!hint) {
+				r = zero_keep(c, host);
+				if (!r)
 					sparse_clear(c, vc);
 			}
-		} else if (lower || keep) {
-			r = alloc_cluster(c, vc, keep ? FILL_ZERO_KEEP : FILL_ZERO_HOLE, NULL, 0);
+		} else if ((lower && !hint) || keep) {
+			r = alloc_cluster(c, vc, FILL_ZEROS, NULL, 0);
 		}
 		pthread_mutex_unlock(&c->alloc_mtx);
 		if (r)
@@ -659,7 +633,7 @@ int pl_discard(struct pl_chain *c, uint64_t off, uint64_t len)
 	/* Only whole clusters are released; partial ones are left as they are (discard is a hint). */
 	uint64_t first = (off + c->cluster - 1) >> c->cluster_shift;
 	uint64_t end = (off + len) >> c->cluster_shift;
-	return first < end ? zero_clusters(c, first, end, 0) : 0;
+	return first < end ? zero_clusters(c, first, end, 0, 1) : 0;
 }
 
 int pl_write_zeroes(struct pl_chain *c, uint64_t off, uint64_t len, int no_unmap)
@@ -673,7 +647,7 @@ int pl_write_zeroes(struct pl_chain *c, uint64_t off, uint64_t len, int no_unmap
 	uint64_t a = first << c->cluster_shift, b = end << c->cluster_shift;
 	int r = write_range(c, NULL, off, a - off, 1);
 	if (!r)
-		r = zero_clusters(c, first, end, no_unmap);
+		r = zero_clusters(c, first, end, no_unmap, 0);
 	if (!r)
 		r = write_range(c, NULL, b, off + len - b, 1);
 	return r;
