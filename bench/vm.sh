@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The VM part of `npm run bench`: fio on a ploop/ublk device vs the kernel loop device over a raw
+# file, in one VM (Debian's newest 7.x kernel under qemu), printed as a table of ratios.
+# The VM runs under TCG emulation unless KVM is usable: the figures are labelled accordingly
+# and say nothing about bare-metal speed, only how the two data paths compare in the same VM.
+#
+#   bench/vm.sh [--json]     needs root or sudo and the Debian archive (as scripts/test-vm.sh)
+#
+# Environment: PLOOP_CSI_BENCH_VM_KERNEL (default 7), PLOOP_CSI_BENCH_VM_SIZE (384M),
+# PLOOP_CSI_BENCH_VM_RUNTIME (seconds per random row, 10), PLOOP_CSI_SKIP_BUILD=1.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+json=0
+[ "${1:-}" = --json ] && json=1
+kernel=${PLOOP_CSI_BENCH_VM_KERNEL:-7}
+out=$(realpath -m .cache/vm/bench)
+
+if ! command -v fio >/dev/null 2>&1; then
+  as_root=()
+  [ "$(id -u)" -eq 0 ] || as_root=(sudo -n)
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends fio >&2 ||
+    { echo "bench/vm.sh: cannot install fio" >&2; exit 1; }
+fi
+test/vm/fetch-kernels.sh "$kernel" >&2
+if [ "${PLOOP_CSI_SKIP_BUILD:-0}" != 1 ]; then
+  npm run build >&2
+  npm run build:native >&2
+fi
+rm -rf "$out" && mkdir -p "$out"
+PLOOP_CSI_VM_QUIET=1 PLOOP_CSI_VM_TIMEOUT=${PLOOP_CSI_VM_TIMEOUT:-1800} PLOOP_CSI_VM_MEM=${PLOOP_CSI_VM_MEM:-4096} \
+  test/vm/run-in-vm.sh "$kernel" bench/vm/fio.sh "$out" >"$out.harness.log" 2>&1 || {
+  cat "$out.harness.log" >&2
+  echo "bench/vm.sh: the VM benchmark failed; console: $out/console.log" >&2
+  tail -n 30 "$out/console.log" >&2 || true
+  exit 1
+}
+cat "$out.harness.log" >&2
+accel=$(grep -o 'booting [^ ]* ([a-z]*' "$out.harness.log" | awk -F'(' '{ print $2 }' | tail -n 1)
+node bench/vm/report.mjs "$out" "${accel:-tcg}" "$json"
