@@ -32,35 +32,12 @@ t=$(now)
 node dist/src/cli/main.js image create "$work/pool/vol.hds" --size 256M || { say "image create failed"; exit 1; }
 say "image create (CLI, one Node start): $(awk -v a="$t" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')s"
 
-# Watchdog: when the kernel reports tasks blocked on I/O, record where every thread of the Node
-# processes is and what memory looks like, then end the run instead of waiting for the VM timeout.
-echo 60 >/proc/sys/kernel/hung_task_timeout_secs 2>/dev/null
-watchdog() { # PID of the test process
-  while sleep 10; do
-    dmesg | grep -q 'blocked for more than' || continue
-    {
-      echo "== hung I/O detected at $(now)s"
-      grep -E '^(MemFree|Dirty|Writeback|Cached|Shmem):' /proc/meminfo
-      for p in $(pgrep -x node); do
-        echo "== node pid $p: $(tr '\0' ' ' <"/proc/$p/cmdline")"
-        for t in /proc/"$p"/task/*; do
-          echo "-- tid ${t##*/} $(cat "$t/comm") state=$(awk '{ print $3 }' "$t/stat") wchan=$(cat "$t/wchan" 2>/dev/null)"
-          cat "$t/stack" 2>/dev/null
-        done
-      done
-    } >"$results/native-smoke-hang.txt" 2>&1
-    echo w >/proc/sysrq-trigger 2>/dev/null
-    sleep 5
-    say "hung I/O: diagnostics in native-smoke-hang.txt; ending the run"
-    pkill -KILL -P "$1" 2>/dev/null
-    kill -KILL "$1" 2>/dev/null
-    return
-  done
-}
+# Watchdog: a hung device ends the run with the threads' stacks instead of the VM timeout.
+. "$repo/test/vm/watchdog.sh"
 t=$(now)
 node test/vm/native-smoke.mjs main "$work/pool/vol.hds" "$work" &
 node_pid=$!
-watchdog "$node_pid" &
+vm_watchdog "$node_pid" native-smoke &
 watchdog_pid=$!
 wait "$node_pid"
 rc=$?
