@@ -21,14 +21,14 @@
 // attach, qemu-img check of every image, delete snapshots and volumes (x2).
 // The CSI server restarts between the steps. A summary goes to $PLOOP_CSI_VM_RESULTS/csi-node.json.
 import { Buffer } from 'node:buffer';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import console from 'node:console';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import process from 'node:process';
-import { setTimeout } from 'node:timers';
 import { fileURLToPath } from 'node:url';
+import { dropCaches, expect, fail, sh, sleep, suite } from './lib.mjs';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const dist = (p) => import(path.join(repo, 'dist/src', p));
@@ -40,44 +40,10 @@ const grpc = await import('@grpc/grpc-js');
 const { pino } = await import('pino');
 
 const M = 1 << 20;
-const t0 = Date.now();
 const results = process.env.PLOOP_CSI_VM_RESULTS || '/tmp';
 const summary = { kernel: '', onlineResize: null, steps: [], problems: [], timings: {}, ok: false };
+const { log, step } = suite('csi-node', summary);
 const NODE = 'vm-node';
-
-function log(msg) {
-  process.stdout.write(`[csi-node +${((Date.now() - t0) / 1000).toFixed(1)}s] ${msg}\n`);
-}
-function fail(msg) {
-  throw new Error(msg);
-}
-function sh(cmd, args, opts = {}) {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 600_000, ...opts });
-  if (r.error) fail(`${cmd}: ${r.error.message}`);
-  if (r.status !== 0 && !opts.allowFail) {
-    fail(`${cmd} ${args.join(' ')} exited ${r.status}: ${(r.stderr || '') + (r.stdout || '')}`);
-  }
-  return r;
-}
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const dropCaches = () => fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
-function expect(cond, msg) {
-  if (!cond) fail(msg);
-}
-async function step(name, fn) {
-  const s = Date.now();
-  log(`-- ${name}`);
-  try {
-    const v = await fn();
-    const ms = Date.now() - s;
-    summary.steps.push({ name, ok: true, ms });
-    log(`   ${name}: ok (${ms} ms)`);
-    return v;
-  } catch (err) {
-    summary.steps.push({ name, ok: false, ms: Date.now() - s, error: String(err?.message ?? err) });
-    throw err;
-  }
-}
 
 // ---- processes: blockd (child) and the CSI server (in this process) --------------------------
 

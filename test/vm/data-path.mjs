@@ -26,38 +26,19 @@ import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import process from 'node:process';
-import { setTimeout } from 'node:timers';
 import { fileURLToPath } from 'node:url';
+import { dropCaches, expect, fail, sh, sleep, suite } from './lib.mjs';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const main = path.join(repo, 'dist/src/cli/main.js');
 const M = 1 << 20;
-const t0 = Date.now();
 const results = process.env.PLOOP_CSI_VM_RESULTS || '/tmp';
 const summary = { kernel: '', onlineResize: null, steps: [], ok: false };
+const { log, step, t0 } = suite('data-path', summary);
 
-function log(msg) {
-  process.stdout.write(`[data-path +${((Date.now() - t0) / 1000).toFixed(1)}s] ${msg}\n`);
-}
-function fail(msg) {
-  throw new Error(msg);
-}
-function expect(cond, msg) {
-  if (!cond) fail(msg);
-}
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const sha = (buf) => createHash('sha256').update(buf).digest('hex');
 const fileSha = (p) => sha(fs.readFileSync(p));
-const dropCaches = () => fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
 
-function sh(cmd, args, opts = {}) {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 600_000, ...opts });
-  if (r.error) fail(`${cmd}: ${r.error.message}`);
-  if (r.status !== 0 && !opts.allowFail) {
-    fail(`${cmd} ${args.join(' ')} exited ${r.status}: ${(r.stderr || '') + (r.stdout || '')}`);
-  }
-  return r;
-}
 /** Runs a command without blocking this process (blockd or a writer may need it meanwhile). */
 function run(cmd, args) {
   return new Promise((resolve, reject) => {
@@ -77,19 +58,6 @@ async function cli(args, { allowFail = false } = {}) {
     fail(`ploop-csi ${args.join(' ')} exited ${r.code}: ${r.stderr}${r.stdout}`);
   }
   return r;
-}
-async function step(name, fn) {
-  const s = Date.now();
-  log(`-- ${name}`);
-  try {
-    const v = await fn();
-    summary.steps.push({ name, ok: true, ms: Date.now() - s });
-    log(`   ${name}: ok (${Date.now() - s} ms)`);
-    return v;
-  } catch (err) {
-    summary.steps.push({ name, ok: false, ms: Date.now() - s, error: String(err?.message ?? err) });
-    throw err;
-  }
 }
 
 const work = path.resolve(process.argv[2] || fail('usage: data-path.mjs WORKDIR'));
