@@ -356,8 +356,13 @@ int pl_chain_open(const struct pl_delta_config *cfg, int n, uint32_t cluster, ui
 		memcpy(d->bat, dc->bat, (size_t)d->nbat * 4);
 		if (i == n - 1) {
 			uint64_t fsz = (uint64_t)st.st_size;
-			uint64_t used = fsz > d->data_off ? fsz - d->data_off : 0;
-			uint64_t next = d->data_off + ((used + cluster - 1) / cluster) * cluster;
+			/*
+			 * New clusters go right after the last one the BAT references: what lies
+			 * beyond is garbage (a cluster a killed server had not finished writing, say)
+			 * and is overwritten whole, so it cannot stay behind as a hole in the middle
+			 * of the file, which ploop check rejects.
+			 */
+			uint64_t next = d->data_off;
 			for (uint32_t k = 0; k < d->nbat; k++) {
 				if (d->bat[k]) {
 					uint64_t end = entry_to_host(c, d, d->bat[k]) + cluster;
