@@ -24,33 +24,6 @@ export const PIECE_BYTES = 256 << 10;
  */
 export const SYNC_BEHIND_BYTES = 64 << 20;
 
-/** Runs `work(i)` for i in [0, count) with at most `parallel` in flight, in order of start. */
-export async function forEachLimited(
-  count: number,
-  parallel: number,
-  work: (i: number) => Promise<void>,
-  progress?: Progress,
-): Promise<void> {
-  let next = 0;
-  let done = 0;
-  let failed: unknown = null;
-  const worker = async () => {
-    while (failed === null && next < count) {
-      const i = next++;
-      try {
-        await work(i);
-      } catch (err) {
-        failed ??= err;
-        return;
-      }
-      done++;
-      progress?.(done, count);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(parallel, count)) }, worker));
-  if (failed !== null) throw failed;
-}
-
 /**
  * Streams `count` pieces: `read(i, buf)` fills a buffer of `size` bytes (it may use only a
  * prefix and returns the part it filled) and runs up to `ahead` pieces in front of
