@@ -51,8 +51,14 @@ export interface DeviceConfig {
   queues?: number;
   /** Requests in flight per queue. Default 64. */
   depth?: number;
-  /** Largest request in bytes. Default 512 KiB. */
+  /** Largest request in bytes. Default 512 KiB, or 1 MiB with zero copy and clusters ≥ 1 MiB. */
   maxIoBytes?: number;
+  /**
+   * Move request data without a copy through this process (UBLK_F_AUTO_BUF_REG, kernel ≥ 6.16).
+   * Default true; ignored where the kernel lacks it. A recovered device keeps the mode it was
+   * created with.
+   */
+  zeroCopy?: boolean;
   /** Ask for a device number; by default the kernel picks one. */
   devId?: number;
   /** Serve the chain read-only (no writable top needed). */
@@ -161,6 +167,12 @@ export const UblkFeature = {
   NO_AUTO_PART_SCAN: 1n << 18n,
   SHMEM_ZC: 1n << 19n,
 } as const;
+
+/** Whether a device with these flags moves data in zero-copy mode (the engine needs both). */
+export function isZeroCopy(flags: bigint): boolean {
+  const both = UblkFeature.AUTO_BUF_REG | UblkFeature.USER_COPY;
+  return (flags & both) === both;
+}
 
 /** Names of the bits set in a feature mask. */
 export function featureNames(mask: bigint): string[] {

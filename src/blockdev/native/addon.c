@@ -488,7 +488,8 @@ static napi_value js_probe(napi_env env, napi_callback_info info)
 	return o;
 }
 
-/* cfg: { deltas, sizeBytes, queues?, depth?, maxIoBytes?, devId?, readOnly?, debugDelayMs? } */
+/* cfg: { deltas, sizeBytes, queues?, depth?, maxIoBytes?, devId?, readOnly?, zeroCopy?,
+ *        debugDelayMs? } */
 static napi_value create_or_recover(napi_env env, napi_callback_info info, enum op_kind kind)
 {
 	size_t argc = 2;
@@ -508,7 +509,7 @@ static napi_value create_or_recover(napi_env env, napi_callback_info info, enum 
 		return throw_inval(env, "devId must be a device number");
 
 	char err[256] = "";
-	uint64_t size = 0, queues = 1, depth = 64, max_io = 512 << 10, id = UBLK_DEV_ID_ANY, delay = 0;
+	uint64_t size = 0, queues = 1, depth = 64, max_io = 0, id = UBLK_DEV_ID_ANY, delay = 0;
 	if (!prop_u64(env, cfgv, "sizeBytes", &size, kind == K_CREATE, err, sizeof(err)) ||
 	    !prop_u64(env, cfgv, "queues", &queues, 0, err, sizeof(err)) ||
 	    !prop_u64(env, cfgv, "depth", &depth, 0, err, sizeof(err)) ||
@@ -520,12 +521,16 @@ static napi_value create_or_recover(napi_env env, napi_callback_info info, enum 
 		return throw_inval(env, "sizeBytes must be a positive multiple of 4096");
 	if (queues < 1 || queues > 64 || depth < 1 || depth > UBLK_MAX_QUEUE_DEPTH)
 		return throw_inval(env, "queues must be 1..64 and depth 1..4096");
-	if (max_io < 4096 || max_io > (32u << 20) || max_io % 4096)
+	if (max_io && (max_io < 4096 || max_io > (32u << 20) || max_io % 4096))
 		return throw_inval(env, "maxIoBytes must be a multiple of 4096 up to 32 MiB");
 	if (id > UBLK_DEV_ID_ANY)
 		return throw_inval(env, "devId out of range");
 	int read_only = 0;
 	prop_bool(env, cfgv, "readOnly", &read_only);
+	int zero_copy = 1; /* by default, when the kernel has it */
+	napi_value zv;
+	if (has_prop(env, cfgv, "zeroCopy", &zv))
+		prop_bool(env, cfgv, "zeroCopy", &zero_copy);
 	napi_value deltas;
 	if (!has_prop(env, cfgv, "deltas", &deltas))
 		return throw_inval(env, "deltas is required");
@@ -560,6 +565,7 @@ static napi_value create_or_recover(napi_env env, napi_callback_info info, enum 
 	w->cfg.size = size;
 	w->cfg.cluster = cluster;
 	w->cfg.read_only = read_only;
+	w->cfg.zero_copy = zero_copy;
 	w->cfg.debug_delay_ms = (unsigned)delay;
 	return queue_work(env, w);
 }

@@ -43,10 +43,30 @@ static void gate_leave(struct ublk_device *d)
 	pthread_mutex_unlock(&d->gate_mtx);
 }
 
-static int handle_io(void *ctx, int qid, const struct ublk_io_desc *iod, uint8_t *buf)
+/* Zero copy: the request's data is moved by the queue, on its ring. */
+struct zc_req {
+	struct ublk_queue *q;
+	int tag;
+};
+
+static int zc_xfer(void *arg, int write, int fd, uint64_t off, uint32_t boff, uint32_t len)
+{
+	struct zc_req *z = arg;
+	return ublk_queue_xfer(z->q, z->tag, write, fd, off, boff, len);
+}
+
+static int zc_zero(void *arg, uint32_t boff, uint32_t len)
+{
+	struct zc_req *z = arg;
+	return ublk_queue_zero(z->q, z->tag, boff, len);
+}
+
+static int handle_io(void *ctx, struct ublk_queue *q, int tag, const struct ublk_io_desc *iod,
+		     uint8_t *buf)
 {
 	struct ublk_device *d = ctx;
-	(void)qid;
+	struct zc_req z = { q, tag };
+	struct pl_data data = { buf, zc_xfer, zc_zero, &z };
 	unsigned op = iod->op_flags & 0xff;
 	uint64_t off = iod->start_sector << 9;
 	uint64_t len = (uint64_t)iod->nr_sectors << 9;
@@ -59,13 +79,13 @@ static int handle_io(void *ctx, int qid, const struct ublk_io_desc *iod, uint8_t
 	switch (op) {
 	case UBLK_IO_OP_READ:
 		sop = PL_OP_READ;
-		r = pl_read(c, buf, off, len);
+		r = pl_read_via(c, &data, off, len);
 		if (!r)
 			r = (int)len;
 		break;
 	case UBLK_IO_OP_WRITE:
 		sop = PL_OP_WRITE;
-		r = pl_write(c, buf, off, len, !!(iod->op_flags & UBLK_IO_F_FUA));
+		r = pl_write_via(c, &data, off, len, !!(iod->op_flags & UBLK_IO_F_FUA));
 		if (!r)
 			r = (int)len;
 		break;
@@ -215,6 +235,8 @@ static int start_queues(struct ublk_device *d)
 		q->depth = d->info.queue_depth;
 		q->cfd = d->cfd;
 		q->buf_size = d->info.max_io_buf_bytes;
+		q->zero_copy = (d->info.flags & (UBLK_F_AUTO_BUF_REG | UBLK_F_USER_COPY)) ==
+			       (UBLK_F_AUTO_BUF_REG | UBLK_F_USER_COPY);
 		q->handler = handle_io;
 		q->ctx = d;
 		CPU_ZERO(&q->affinity);
@@ -247,19 +269,44 @@ static void abort_start(struct ublk_device *d, int stop)
 int dev_create(struct ublk_device *d, const struct dev_config *cfg, struct pl_chain *chain,
 	       char *err, size_t errlen)
 {
+	/* zero copy for large requests, USER_COPY for small ones (queue.c says why) */
+	const uint64_t zc_flags = UBLK_F_AUTO_BUF_REG | UBLK_F_USER_COPY;
+	int zero_copy = cfg->zero_copy && (ublk_ctrl_features() & zc_flags) == zc_flags;
 	struct ublk_dev_info info;
-	memset(&info, 0, sizeof(info));
-	info.nr_hw_queues = cfg->queues;
-	info.queue_depth = cfg->depth;
-	info.max_io_buf_bytes = cfg->max_io_bytes;
-	info.dev_id = cfg->dev_id;
-	info.flags = UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE |
-		     (ublk_ctrl_ioctl_encode() ? UBLK_F_CMD_IOCTL_ENCODE : 0) |
-		     (ublk_ctrl_features() & UBLK_F_QUIESCE);
-	int r = ublk_ctrl_cmd(UBLK_NR_ADD_DEV, info.dev_id, 0, &info, sizeof(info));
-	if (r < 0) {
-		snprintf(err, errlen, "ADD_DEV: %s", strerror(-r));
-		return r;
+	int r;
+	for (;;) {
+		memset(&info, 0, sizeof(info));
+		info.nr_hw_queues = cfg->queues;
+		info.queue_depth = cfg->depth;
+		/* Zero copy needs no buffer per tag, so requests may be as large as a whole cluster
+		 * (a sequential writer then allocates whole clusters, without zero padding). */
+		info.max_io_buf_bytes =
+			cfg->max_io_bytes ? cfg->max_io_bytes
+			: zero_copy	  ? (cfg->cluster > (512u << 10) ? (1u << 20) : (512u << 10))
+					  : (512u << 10);
+		info.dev_id = cfg->dev_id;
+		info.flags = UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE |
+			     (ublk_ctrl_ioctl_encode() ? UBLK_F_CMD_IOCTL_ENCODE : 0) |
+			     (ublk_ctrl_features() & UBLK_F_QUIESCE) | (zero_copy ? zc_flags : 0);
+		r = ublk_ctrl_cmd(UBLK_NR_ADD_DEV, info.dev_id, 0, &info, sizeof(info));
+		if (r < 0 && zero_copy) {
+			zero_copy = 0; /* refused in this combination: copy mode */
+			continue;
+		}
+		if (r < 0) {
+			snprintf(err, errlen, "ADD_DEV: %s", strerror(-r));
+			return r;
+		}
+		/* Only the pair works (a lone USER_COPY would leave the tag buffers unfilled). */
+		if ((info.flags & zc_flags) == 0 || (info.flags & zc_flags) == zc_flags)
+			break;
+		ublk_ctrl_cmd(UBLK_NR_DEL_DEV, info.dev_id, 0, NULL, 0);
+		if (!zero_copy) {
+			snprintf(err, errlen, "ADD_DEV granted flags 0x%llx that were not asked for",
+				 (unsigned long long)info.flags);
+			return -EPROTO;
+		}
+		zero_copy = 0;
 	}
 	d->id = info.dev_id;
 	d->info = info; /* trust only what the kernel returned */

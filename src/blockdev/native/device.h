@@ -21,7 +21,8 @@ struct dev_config {
 	uint32_t dev_id;       /* UBLK_DEV_ID_ANY to let the kernel choose */
 	uint16_t queues;
 	uint16_t depth;
-	uint32_t max_io_bytes; /* per request; bounds max_sectors */
+	uint32_t max_io_bytes; /* per request; bounds max_sectors; 0 = default for the mode */
+	int zero_copy;         /* ask for UBLK_F_AUTO_BUF_REG when the kernel has it (>= 6.16) */
 	uint64_t size;         /* bytes */
 	uint32_t cluster;      /* io_opt and discard granularity */
 	int read_only;

@@ -230,31 +230,21 @@ static int sparse_scan(struct pl_chain *c, struct pl_delta *top, uint64_t fsize)
 
 enum alloc_fill { FILL_DATA, FILL_ZEROS };
 
-/*
- * Appends a cluster to the top for vc and maps it. Caller holds alloc_mtx and has checked that
- * the top does not map vc. `src` is a whole cluster for FILL_DATA. When `durable` is set the data
- * is synced before the BAT slot is written (it carries data copied from a lower delta).
- */
-static int alloc_cluster(struct pl_chain *c, uint32_t vc, enum alloc_fill fill, const uint8_t *src,
-			 int durable)
+/* Takes the next cluster at the top's end: its offset and BAT entry. Caller holds alloc_mtx. */
+static int reserve_cluster(struct pl_chain *c, uint64_t *host, uint32_t *e)
 {
-	struct pl_delta *top = top_of(c);
-	uint64_t host = c->next_host;
-	uint32_t e;
-	int r = host_to_entry(c, host, &e);
-	if (r)
-		return r;
-	c->next_host += c->cluster;
-	switch (fill) {
-	case FILL_DATA:
-		r = pwrite_full(top->fd, src, c->cluster, host);
-		break;
-	case FILL_ZEROS:
-		r = zero_keep(c, host);
-		break;
-	}
-	if (!r && durable)
-		r = top_sync(c);
+	*host = c->next_host;
+	int r = host_to_entry(c, *host, e);
+	if (!r)
+		c->next_host += c->cluster;
+	return r;
+}
+
+/* Maps vc to a reserved cluster whose data is written: synced first when `durable` (it
+ * carries or replaces lower data), then the BAT slot. */
+static int map_cluster(struct pl_chain *c, uint32_t vc, uint32_t e, int durable)
+{
+	int r = durable ? top_sync(c) : 0;
 	if (!r)
 		sparse_clear(c, vc);
 	if (!r)
@@ -265,6 +255,31 @@ static int alloc_cluster(struct pl_chain *c, uint32_t vc, enum alloc_fill fill, 
 	if (durable)
 		pl_stats_add(&c->stats->cow_clusters, 1);
 	return 0;
+}
+
+/*
+ * Appends a cluster to the top for vc and maps it. Caller holds alloc_mtx and has checked that
+ * the top does not map vc. `src` is a whole cluster for FILL_DATA. When `durable` is set the data
+ * is synced before the BAT slot is written (it carries data copied from a lower delta).
+ */
+static int alloc_cluster(struct pl_chain *c, uint32_t vc, enum alloc_fill fill, const uint8_t *src,
+			 int durable)
+{
+	struct pl_delta *top = top_of(c);
+	uint64_t host;
+	uint32_t e;
+	int r = reserve_cluster(c, &host, &e);
+	if (r)
+		return r;
+	switch (fill) {
+	case FILL_DATA:
+		r = pwrite_full(top->fd, src, c->cluster, host);
+		break;
+	case FILL_ZEROS:
+		r = zero_keep(c, host);
+		break;
+	}
+	return r ? r : map_cluster(c, vc, e, durable);
 }
 
 /* ---- chain ----------------------------------------------------------------------------- */
@@ -420,41 +435,130 @@ void pl_chain_close(struct pl_chain *c)
 
 /* ---- requests -------------------------------------------------------------------------- */
 
-int pl_read(struct pl_chain *c, uint8_t *buf, uint64_t off, uint64_t len)
+/*
+ * Reads are gathered into runs (adjacent clusters contiguous in the same delta, or unmapped
+ * ones), so a request over a sequentially written image costs one transfer, not one per cluster.
+ */
+struct read_run {
+	int fd; /* -1: zeros */
+	uint64_t host;
+	uint32_t boff, len;
+};
+
+static int read_run_flush(const struct pl_data *dt, struct read_run *run)
 {
+	int r = 0;
+	if (!run->len)
+		return 0;
+	if (run->fd < 0) {
+		if (dt->buf)
+			memset(dt->buf + run->boff, 0, run->len);
+		else
+			r = dt->zero(dt->arg, run->boff, run->len);
+	} else if (dt->buf) {
+		r = pread_full(run->fd, dt->buf + run->boff, run->len, run->host);
+	} else {
+		r = dt->xfer(dt->arg, 0, run->fd, run->host, run->boff, run->len);
+	}
+	run->len = 0;
+	return r;
+}
+
+int pl_read_via(struct pl_chain *c, const struct pl_data *dt, uint64_t off, uint64_t len)
+{
+	struct read_run run = { -1, 0, 0, 0 };
+	uint32_t boff = 0;
+	if (len > UINT32_MAX)
+		return -EINVAL;
 	while (len) {
 		uint64_t vcl = off >> c->cluster_shift;
 		uint32_t in = (uint32_t)(off & (c->cluster - 1));
-		uint64_t n = c->cluster - in;
+		uint32_t n = c->cluster - in;
 		if (n > len)
-			n = len;
-		uint64_t host;
+			n = (uint32_t)len;
+		uint64_t host = 0;
 		int i = vcl > UINT32_MAX ? -1 : locate(c, (uint32_t)vcl, c->ndeltas, &host);
-		if (i < 0) {
-			memset(buf, 0, n);
-		} else {
-			int r = pread_full(c->d[i].fd, buf, n, host + in);
+		int fd = i < 0 ? -1 : c->d[i].fd;
+		host += in;
+		if (run.len && (fd != run.fd || (fd >= 0 && host != run.host + run.len))) {
+			int r = read_run_flush(dt, &run);
 			if (r)
 				return r;
 		}
-		buf += n;
+		if (!run.len) {
+			run.fd = fd;
+			run.host = host;
+			run.boff = boff;
+		}
+		run.len += n;
+		boff += n;
 		off += n;
 		len -= n;
 	}
-	return 0;
+	return read_run_flush(dt, &run);
 }
 
-/* One write inside a single cluster. */
-static int write_segment(struct pl_chain *c, const uint8_t *data, uint32_t vc, uint32_t in,
-			 uint32_t n)
+int pl_read(struct pl_chain *c, uint8_t *buf, uint64_t off, uint64_t len)
+{
+	struct pl_data dt = { buf, NULL, NULL, NULL };
+	return pl_read_via(c, &dt, off, len);
+}
+
+/* The request's bytes at boff when this process holds them: zeros for a NULL dt (write-zeroes
+ * of partial clusters), the buffer in copy mode, NULL in zero-copy mode. */
+static const uint8_t *data_mem(const struct pl_chain *c, const struct pl_data *dt, uint32_t boff)
+{
+	if (!dt)
+		return c->scratch_zero;
+	return dt->buf ? dt->buf + boff : NULL;
+}
+
+/* Writes n bytes of the request from boff (zeros for a NULL dt) to the top at host. */
+static int put_data(struct pl_chain *c, const struct pl_data *dt, uint32_t boff, uint64_t host,
+		    uint32_t n)
+{
+	const uint8_t *mem = data_mem(c, dt, boff);
+	if (mem)
+		return pwrite_full(top_of(c)->fd, mem, n, host);
+	return dt->xfer(dt->arg, 1, top_of(c)->fd, host, boff, n);
+}
+
+/*
+ * Zero copy: appends a cluster for vc whose bytes [in, in+n) are the request's and the rest come
+ * from `fill` (the lower delta's cluster, or zeros when NULL). Same rules as alloc_cluster: the
+ * data first, synced when `durable` (it replaces lower data), then the BAT slot.
+ */
+static int alloc_cluster_via(struct pl_chain *c, uint32_t vc, const uint8_t *fill, int durable,
+			     const struct pl_data *dt, uint32_t boff, uint32_t in, uint32_t n)
+{
+	struct pl_delta *top = top_of(c);
+	uint64_t host;
+	uint32_t e;
+	int r = reserve_cluster(c, &host, &e);
+	if (r)
+		return r;
+	const uint8_t *f = fill ? fill : c->scratch_zero;
+	if (in)
+		r = pwrite_full(top->fd, f, in, host);
+	if (!r && in + n < c->cluster)
+		r = pwrite_full(top->fd, f + in + n, c->cluster - in - n, host + in + n);
+	if (!r)
+		r = dt->xfer(dt->arg, 1, top->fd, host + in, boff, n);
+	return r ? r : map_cluster(c, vc, e, durable);
+}
+
+/* One write inside a single cluster: request bytes [boff, boff+n), or zeros for a NULL dt. */
+static int write_segment(struct pl_chain *c, const struct pl_data *dt, uint32_t boff, uint32_t vc,
+			 uint32_t in, uint32_t n)
 {
 	struct pl_delta *top = top_of(c);
 	if (vc >= top->nbat)
 		return -ENOSPC;
 	uint64_t host = delta_map(c, top, vc);
 	if (host != NO_HOST && !sparse_test(c, vc))
-		return pwrite_full(top->fd, data, n, host + in);
+		return put_data(c, dt, boff, host + in, n);
 
+	const uint8_t *mem = data_mem(c, dt, boff);
 	pthread_mutex_lock(&c->alloc_mtx);
 	int r;
 	host = delta_map(c, top, vc);
@@ -462,12 +566,16 @@ static int write_segment(struct pl_chain *c, const uint8_t *data, uint32_t vc, u
 		if (n != c->cluster && sparse_test(c, vc)) {
 			/* Rewrite the whole cluster (holes read as zeros), so none of it stays a hole. */
 			r = pread_full(top->fd, c->scratch, c->cluster, host);
-			if (!r) {
-				memcpy(c->scratch + in, data, n);
+			if (!r && mem) {
+				memcpy(c->scratch + in, mem, n);
 				r = pwrite_full(top->fd, c->scratch, c->cluster, host);
+			} else if (!r) {
+				r = pwrite_full(top->fd, c->scratch, c->cluster, host);
+				if (!r)
+					r = put_data(c, dt, boff, host + in, n);
 			}
 		} else {
-			r = pwrite_full(top->fd, data, n, host + in);
+			r = put_data(c, dt, boff, host + in, n);
 		}
 		if (!r)
 			sparse_clear(c, vc);
@@ -475,22 +583,27 @@ static int write_segment(struct pl_chain *c, const uint8_t *data, uint32_t vc, u
 	}
 	uint64_t lhost = 0;
 	int li = locate(c, vc, c->ndeltas - 1, &lhost);
-	if (li < 0 && is_zero(data, n)) {
-		/* zeros over a cluster mapped nowhere: already reads as zeros */
+	/* Zeros over a cluster mapped nowhere already read as zeros (unknowable in zero copy). */
+	if (li < 0 && mem && is_zero(mem, n)) {
 		pl_stats_add(&c->stats->zero_skips, 1);
 		r = 0;
 		goto out;
 	}
-	const uint8_t *src = data;
+	if (li >= 0 && n != c->cluster) {
+		r = pread_full(c->d[li].fd, c->scratch, c->cluster, lhost);
+		if (r)
+			goto out;
+	}
+	if (!mem) {
+		r = alloc_cluster_via(c, vc, li >= 0 && n != c->cluster ? c->scratch : NULL, li >= 0,
+				      dt, boff, in, n);
+		goto out;
+	}
+	const uint8_t *src = mem;
 	if (n != c->cluster) {
-		if (li >= 0) {
-			r = pread_full(c->d[li].fd, c->scratch, c->cluster, lhost);
-			if (r)
-				goto out;
-		} else {
+		if (li < 0)
 			memset(c->scratch, 0, c->cluster);
-		}
-		memcpy(c->scratch + in, data, n);
+		memcpy(c->scratch + in, mem, n);
 		src = c->scratch;
 	}
 	r = alloc_cluster(c, vc, FILL_DATA, src, li >= 0);
@@ -499,36 +612,45 @@ out:
 	return r;
 }
 
-static int write_range(struct pl_chain *c, const uint8_t *buf, uint64_t off, uint64_t len,
-		       int zeros)
+/* Writes [off, off+len): the request's bytes, or zeros for a NULL dt. */
+static int write_range(struct pl_chain *c, const struct pl_data *dt, uint64_t off, uint64_t len)
 {
+	uint32_t boff = 0;
 	while (len) {
 		uint64_t vcl = off >> c->cluster_shift;
 		uint32_t in = (uint32_t)(off & (c->cluster - 1));
-		uint64_t n = c->cluster - in;
+		uint32_t n = c->cluster - in;
 		if (n > len)
-			n = len;
+			n = (uint32_t)len;
 		if (vcl > UINT32_MAX)
 			return -ENOSPC;
-		int r = write_segment(c, zeros ? c->scratch_zero : buf, (uint32_t)vcl, in, (uint32_t)n);
+		int r = write_segment(c, dt, dt ? boff : 0, (uint32_t)vcl, in, n);
 		if (r)
 			return r;
-		if (!zeros)
-			buf += n;
+		boff += n;
 		off += n;
 		len -= n;
 	}
 	return 0;
 }
 
-int pl_write(struct pl_chain *c, const uint8_t *buf, uint64_t off, uint64_t len, int fua)
+int pl_write_via(struct pl_chain *c, const struct pl_data *dt, uint64_t off, uint64_t len,
+		 int fua)
 {
 	if (c->read_only)
 		return -EROFS;
-	int r = write_range(c, buf, off, len, 0);
+	if (len > UINT32_MAX)
+		return -EINVAL;
+	int r = write_range(c, dt, off, len);
 	if (!r && fua)
 		r = pl_flush(c);
 	return r;
+}
+
+int pl_write(struct pl_chain *c, const uint8_t *buf, uint64_t off, uint64_t len, int fua)
+{
+	struct pl_data dt = { (uint8_t *)buf, NULL, NULL, NULL };
+	return pl_write_via(c, &dt, off, len, fua);
 }
 
 int pl_flush(struct pl_chain *c)
@@ -648,13 +770,13 @@ int pl_write_zeroes(struct pl_chain *c, uint64_t off, uint64_t len, int no_unmap
 	uint64_t first = (off + c->cluster - 1) >> c->cluster_shift;
 	uint64_t end = (off + len) >> c->cluster_shift;
 	if (first >= end)
-		return write_range(c, NULL, off, len, 1);
+		return write_range(c, NULL, off, len);
 	uint64_t a = first << c->cluster_shift, b = end << c->cluster_shift;
-	int r = write_range(c, NULL, off, a - off, 1);
+	int r = write_range(c, NULL, off, a - off);
 	if (!r)
 		r = zero_clusters(c, first, end, no_unmap, 0);
 	if (!r)
-		r = write_range(c, NULL, b, off + len - b, 1);
+		r = write_range(c, NULL, b, off + len - b);
 	return r;
 }
 

@@ -75,7 +75,24 @@ int pl_chain_open(const struct pl_delta_config *cfg, int n, uint32_t cluster, ui
 		  struct pl_stats *stats, struct pl_chain **out, char *err, size_t errlen);
 void pl_chain_close(struct pl_chain *c);
 
-/* Request handlers: 0 / bytes on success, -errno on failure. */
+/*
+ * A request's data. In copy mode it is a buffer this process holds (`buf`). In zero-copy mode
+ * (`buf` NULL) the data stays in the kernel's pages of the request and is only moved by `xfer`
+ * (between bytes [boff, boff+len) of the request and a file at `off`) and `zero` (fills bytes of
+ * a READ with zeros); the engine never sees it.
+ */
+struct pl_data {
+	uint8_t *buf;
+	int (*xfer)(void *arg, int write, int fd, uint64_t off, uint32_t boff, uint32_t len);
+	int (*zero)(void *arg, uint32_t boff, uint32_t len);
+	void *arg;
+};
+
+/* Request handlers: 0 on success, -errno on failure. len must fit in 32 bits. */
+int pl_read_via(struct pl_chain *c, const struct pl_data *data, uint64_t off, uint64_t len);
+int pl_write_via(struct pl_chain *c, const struct pl_data *data, uint64_t off, uint64_t len,
+		 int fua);
+/* The same with the data in a buffer (copy mode). */
 int pl_read(struct pl_chain *c, uint8_t *buf, uint64_t off, uint64_t len);
 int pl_write(struct pl_chain *c, const uint8_t *buf, uint64_t off, uint64_t len, int fua);
 int pl_flush(struct pl_chain *c);

@@ -2,6 +2,7 @@
 #include "queue.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,27 +18,166 @@ static size_t round_page(size_t n)
 	return (n + pg - 1) & ~(pg - 1);
 }
 
-static int queue_cmd(struct ublk_queue *q, unsigned nr, int tag, int result)
+/* user_data of a transfer: this bit, the transfer's sequence number above bit 16, the tag. */
+#define XFER_BIT (1ULL << 63)
+
+static struct io_uring_sqe *get_sqe(struct ublk_queue *q)
 {
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&q->ring);
 	if (!sqe) {
 		io_uring_submit(&q->ring);
 		sqe = io_uring_get_sqe(&q->ring);
-		if (!sqe)
-			return -EBUSY;
 	}
+	if (sqe)
+		memset(sqe, 0, 128);
+	return sqe;
+}
+
+static int queue_cmd(struct ublk_queue *q, unsigned nr, int tag, int result)
+{
+	struct io_uring_sqe *sqe = get_sqe(q);
+	if (!sqe)
+		return -EBUSY;
 	struct ublk_io_cmd c;
 	memset(&c, 0, sizeof(c));
 	c.q_id = (uint16_t)q->qid;
 	c.tag = (uint16_t)tag;
 	c.result = result;
-	c.addr = (uint64_t)(uintptr_t)(q->bufs + (size_t)tag * q->buf_size);
-	memset(sqe, 0, 128);
+	if (q->zero_copy)
+		sqe->addr = (uint64_t)tag; /* struct ublk_auto_buf_reg: index = tag, no flags */
+	else
+		c.addr = (uint64_t)(uintptr_t)(q->bufs + (size_t)tag * q->buf_size);
 	sqe->opcode = IORING_OP_URING_CMD;
 	sqe->fd = q->cfd;
 	sqe->off = ublk_io_op(nr); /* cmd_op */
 	memcpy((char *)sqe + 48, &c, sizeof(c));
 	sqe->user_data = (uint64_t)tag;
+	return 0;
+}
+
+/* Moves every available CQE out of the ring: a transfer's result to xfer_res, ublk
+ * completions to the backlog. */
+static void reap(struct ublk_queue *q)
+{
+	struct io_uring_cqe *cqe;
+	unsigned head, n = 0;
+	io_uring_for_each_cqe(&q->ring, head, cqe)
+	{
+		n++;
+		if (cqe->user_data & XFER_BIT) {
+			if (((cqe->user_data >> 16) & 0xffffffffULL) == q->xfer_seq) {
+				q->xfer_done = 1;
+				q->xfer_res = cqe->res;
+			}
+			continue;
+		}
+		/* Each tag has one command in flight, so depth slots always suffice. */
+		int slot = (q->bl_head + q->bl_count) % q->depth;
+		q->backlog[slot].user_data = cqe->user_data;
+		q->backlog[slot].res = cqe->res;
+		q->bl_count++;
+	}
+	io_uring_cq_advance(&q->ring, n);
+}
+
+/* One READ_FIXED/WRITE_FIXED on the request's registered pages, waited for. */
+static int xfer_once(struct ublk_queue *q, int tag, int write, int fd, uint64_t off, uint32_t boff,
+		     uint32_t len)
+{
+	struct io_uring_sqe *sqe = get_sqe(q);
+	if (!sqe)
+		return -EBUSY;
+	/* For kernel-registered pages the "address" is the offset into the request. */
+	if (write)
+		io_uring_prep_write_fixed(sqe, fd, (const void *)(uintptr_t)boff, len, off, tag);
+	else
+		io_uring_prep_read_fixed(sqe, fd, (void *)(uintptr_t)boff, len, off, tag);
+	q->xfer_seq++;
+	q->xfer_done = 0;
+	sqe->user_data = XFER_BIT | ((uint64_t)q->xfer_seq << 16) | (uint64_t)tag;
+	while (!q->xfer_done) {
+		int r = io_uring_submit_and_wait(&q->ring, 1);
+		if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY)
+			return r;
+		reap(q);
+	}
+	return q->xfer_res;
+}
+
+/*
+ * USER_COPY: the request's bytes are read and written through the char device at an offset that
+ * names the queue and tag (ublk_cmd.h: UBLKSRV_IO_BUF_OFFSET + q << 41 + tag << 25 + byte).
+ */
+static int user_copy(struct ublk_queue *q, int tag, int to_request, uint8_t *buf, uint32_t len)
+{
+	uint64_t base = 0x80000000ULL + ((uint64_t)q->qid << 41) + ((uint64_t)tag << 25);
+	uint32_t done = 0;
+	while (done < len) {
+		ssize_t r = to_request ? pwrite(q->cfd, buf + done, len - done, (off_t)(base + done))
+				       : pread(q->cfd, buf + done, len - done, (off_t)(base + done));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r < 0 ? -errno : -EIO;
+		done += (uint32_t)r;
+	}
+	return 0;
+}
+
+/*
+ * Serves one request. In zero-copy mode, a small READ or WRITE is served from the queue's own
+ * buffer instead, filled or emptied with USER_COPY: a buffered write through io_uring goes to a
+ * kernel worker thread whenever the file system cannot do it without blocking (ext4 never can),
+ * and an uncached read waits on a callback, and for a few KiB those thread hops cost far more
+ * than the copy that pread/pwrite in this thread make. Large requests keep the single copy.
+ */
+static int serve(struct ublk_queue *q, int tag)
+{
+	const struct ublk_io_desc *iod = &q->iods[tag];
+	if (!q->zero_copy)
+		return q->handler(q->ctx, q, tag, iod, q->bufs + (size_t)tag * q->buf_size);
+	unsigned op = iod->op_flags & 0xff;
+	uint32_t len = iod->nr_sectors << 9;
+	if ((op != UBLK_IO_OP_READ && op != UBLK_IO_OP_WRITE) || len > UBLK_SMALL_IO)
+		return q->handler(q->ctx, q, tag, iod, NULL);
+	if (op == UBLK_IO_OP_WRITE) {
+		int r = user_copy(q, tag, 0, q->small_buf, len);
+		return r ? r : q->handler(q->ctx, q, tag, iod, q->small_buf);
+	}
+	int res = q->handler(q->ctx, q, tag, iod, q->small_buf);
+	if (res > 0) {
+		int r = user_copy(q, tag, 1, q->small_buf, (uint32_t)res);
+		if (r)
+			return r;
+	}
+	return res;
+}
+
+int ublk_queue_zero(struct ublk_queue *q, int tag, uint32_t boff, uint32_t len)
+{
+	while (len) {
+		int r = xfer_once(q, tag, 0, q->zero_fd, 0, boff, len);
+		if (r <= 0)
+			return r ? r : -EIO;
+		boff += (uint32_t)r;
+		len -= (uint32_t)r;
+	}
+	return 0;
+}
+
+int ublk_queue_xfer(struct ublk_queue *q, int tag, int write, int fd, uint64_t off, uint32_t boff,
+		    uint32_t len)
+{
+	while (len) {
+		int r = xfer_once(q, tag, write, fd, off, boff, len);
+		if (r < 0)
+			return r;
+		if (r == 0)
+			return write ? -EIO : ublk_queue_zero(q, tag, boff, len); /* end of file */
+		off += (uint64_t)r;
+		boff += (uint32_t)r;
+		len -= (uint32_t)r;
+	}
 	return 0;
 }
 
@@ -58,17 +198,37 @@ static int queue_setup(struct ublk_queue *q)
 	if (m == MAP_FAILED)
 		return -errno;
 	q->iods = m;
-	q->bufs_len = (size_t)q->depth * q->buf_size;
-	m = mmap(NULL, q->bufs_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (m == MAP_FAILED)
-		return -errno;
-	q->bufs = m;
+	q->backlog = calloc((size_t)q->depth, sizeof(*q->backlog));
+	if (!q->backlog)
+		return -ENOMEM;
+	if (!q->zero_copy) {
+		q->bufs_len = (size_t)q->depth * q->buf_size;
+		m = mmap(NULL, q->bufs_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+			 0);
+		if (m == MAP_FAILED)
+			return -errno;
+		q->bufs = m;
+	} else {
+		q->zero_fd = open("/dev/zero", O_RDONLY | O_CLOEXEC);
+		if (q->zero_fd < 0)
+			return -errno;
+		q->small_buf = mmap(NULL, UBLK_SMALL_IO, PROT_READ | PROT_WRITE,
+				    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (q->small_buf == MAP_FAILED)
+			return -errno;
+	}
 	int r = ublk_ring_init(&q->ring, (unsigned)q->depth,
 			       IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER |
 				       IORING_SETUP_DEFER_TASKRUN);
 	if (r)
 		return r;
 	q->ring_ok = 1;
+	if (q->zero_copy) {
+		/* the table the kernel registers each request's pages in (index = tag) */
+		r = io_uring_register_buffers_sparse(&q->ring, (unsigned)q->depth);
+		if (r)
+			return r;
+	}
 	for (int t = 0; t < q->depth; t++) {
 		r = queue_cmd(q, UBLK_NR_IO_FETCH_REQ, t, -1);
 		if (r)
@@ -114,22 +274,24 @@ static void *queue_main(void *arg)
 	int stopping = 0;
 	int err = gone ? 0 : -ENOMEM;
 	while (live > 0 && gone) {
-		r = io_uring_submit_and_wait(&q->ring, 1);
-		if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
-			err = r;
-			break;
+		if (!q->bl_count) {
+			r = io_uring_submit_and_wait(&q->ring, 1);
+			if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
+				err = r;
+				break;
+			}
+			reap(q);
 		}
-		struct io_uring_cqe *cqe;
-		unsigned head, n = 0;
-		io_uring_for_each_cqe(&q->ring, head, cqe)
-		{
-			int tag = (int)cqe->user_data;
-			n++;
+		/* The handler may wait for transfers, which adds to the backlog as it goes. */
+		while (q->bl_count) {
+			struct ublk_cqe ev = q->backlog[q->bl_head];
+			q->bl_head = (q->bl_head + 1) % q->depth;
+			q->bl_count--;
+			int tag = (int)ev.user_data;
 			if (tag < 0 || tag >= q->depth)
 				continue;
-			if (cqe->res == UBLK_IO_RES_OK) {
-				int res = q->handler(q->ctx, q->qid, &q->iods[tag],
-						     q->bufs + (size_t)tag * q->buf_size);
+			if (ev.res == UBLK_IO_RES_OK) {
+				int res = serve(q, tag);
 				if (queue_cmd(q, UBLK_NR_IO_COMMIT_AND_FETCH_REQ, tag, res))
 					err = -EBUSY;
 				if (stopping && !gone[tag]) {
@@ -139,8 +301,8 @@ static void *queue_main(void *arg)
 			} else {
 				/* -ENODEV: aborted by STOP_DEV/QUIESCE_DEV; anything else is a protocol
 				 * error for this tag. Either way the tag is no longer ours. */
-				if (cqe->res != UBLK_IO_RES_ABORT && !err)
-					err = cqe->res;
+				if (ev.res != UBLK_IO_RES_ABORT && !err)
+					err = ev.res;
 				stopping = 1;
 				if (!gone[tag]) {
 					gone[tag] = 1;
@@ -148,7 +310,6 @@ static void *queue_main(void *arg)
 				}
 			}
 		}
-		io_uring_cq_advance(&q->ring, n);
 	}
 	/* Commits queued in the last round still have to reach the kernel. */
 	io_uring_submit(&q->ring);
@@ -169,6 +330,10 @@ int ublk_queue_start(struct ublk_queue *q)
 	q->exited = 0;
 	q->iods = MAP_FAILED;
 	q->bufs = MAP_FAILED;
+	q->zero_fd = -1;
+	q->small_buf = MAP_FAILED;
+	q->backlog = NULL;
+	q->bl_head = q->bl_count = 0;
 	int r = pthread_create(&q->thread, NULL, queue_main, q);
 	if (r)
 		return -r;
@@ -204,4 +369,14 @@ void ublk_queue_join(struct ublk_queue *q)
 		munmap(q->bufs, q->bufs_len);
 		q->bufs = MAP_FAILED;
 	}
+	if (q->zero_fd >= 0) {
+		close(q->zero_fd);
+		q->zero_fd = -1;
+	}
+	if (q->small_buf != MAP_FAILED && q->small_buf) {
+		munmap(q->small_buf, UBLK_SMALL_IO);
+		q->small_buf = MAP_FAILED;
+	}
+	free(q->backlog);
+	q->backlog = NULL;
 }

@@ -15,14 +15,37 @@
 
 #include "uapi.h"
 
-/* Serves one request; returns bytes transferred (READ/WRITE), 0, or -errno. */
-typedef int (*ublk_io_handler)(void *ctx, int qid, const struct ublk_io_desc *iod, uint8_t *buf);
+struct ublk_queue;
+
+/* Zero copy: requests up to this size are copied with USER_COPY instead (see queue.c). */
+#define UBLK_SMALL_IO (128u << 10)
+
+/* Serves one request; returns bytes transferred (READ/WRITE), 0, or -errno. `buf` holds the
+ * request's data in copy mode; in zero-copy mode it is NULL and the data is moved with
+ * ublk_queue_xfer / ublk_queue_zero. */
+typedef int (*ublk_io_handler)(void *ctx, struct ublk_queue *q, int tag,
+			       const struct ublk_io_desc *iod, uint8_t *buf);
+
+/* A CQE set aside while the queue thread waited for one of its own transfers. */
+struct ublk_cqe {
+	uint64_t user_data;
+	int32_t res;
+};
 
 struct ublk_queue {
 	int qid;
 	int depth;
 	int cfd;
 	uint32_t buf_size; /* per tag (max_io_buf_bytes) */
+	/*
+	 * Zero copy (UBLK_F_AUTO_BUF_REG + USER_COPY): the kernel registers each request's pages in this ring's
+	 * buffer table at index = tag, and the queue moves data between them and the image files
+	 * with READ_FIXED/WRITE_FIXED on the same ring, so the data is copied once (page cache <->
+	 * request pages), not twice through a buffer of ours.
+	 */
+	int zero_copy;
+	int zero_fd; /* /dev/zero: zero-fills READ data that maps nowhere (zero copy) */
+	uint8_t *small_buf; /* zero copy: READ/WRITE up to UBLK_SMALL_IO are served here (USER_COPY) */
 	ublk_io_handler handler;
 	void *ctx;
 	cpu_set_t affinity; /* CPUs blk-mq maps to this queue (GET_QUEUE_AFFINITY) */
@@ -34,6 +57,11 @@ struct ublk_queue {
 	size_t bufs_len;
 	struct io_uring ring;
 	int ring_ok;
+	/* ublk completions reaped during a transfer wait, served next (at most one per tag) */
+	struct ublk_cqe *backlog;
+	int bl_head, bl_count;
+	uint32_t xfer_seq; /* identifies the transfer being waited for */
+	int xfer_done, xfer_res;
 	pthread_t thread;
 	int thread_started;
 
@@ -46,6 +74,16 @@ struct ublk_queue {
 
 /* Starts the thread and waits until all tags are fetched (or setup failed: -errno). */
 int ublk_queue_start(struct ublk_queue *q);
+/*
+ * Zero copy, from the handler (queue thread) only: moves len bytes between bytes [boff, boff+len)
+ * of request `tag` and fd at off (write = request -> file), or fills them with zeros. They wait
+ * for the transfer; requests arriving meanwhile are served afterwards. 0 or -errno; reading past
+ * the end of the file gives zeros.
+ */
+int ublk_queue_xfer(struct ublk_queue *q, int tag, int write, int fd, uint64_t off, uint32_t boff,
+		    uint32_t len);
+int ublk_queue_zero(struct ublk_queue *q, int tag, uint32_t boff, uint32_t len);
+
 /* Waits for the thread to leave (after STOP_DEV / QUIESCE_DEV aborted its tags) and frees the
  * ring, the descriptor mapping and the buffers. */
 void ublk_queue_join(struct ublk_queue *q);
