@@ -41,11 +41,15 @@ export interface BlockdOptions {
   stateDir: string;
   queues?: number;
   depth?: number;
+  /** Zero copy for new devices where the kernel has it (default true). */
+  zeroCopy?: boolean;
   log?: (msg: string, fields?: Record<string, unknown>) => void;
 }
 
 export interface DeviceView extends DeviceRecord {
   state: string;
+  /** How request data moves: `zero-copy` (kernel ≥ 6.16) or `copy`; unknown while recovering. */
+  dataPath: 'zero-copy' | 'copy' | 'unknown';
   stats: native.DeviceStats | null;
 }
 
@@ -188,6 +192,7 @@ export class Blockd {
           sizeBytes: chain.sizeBytes,
           queues: this.opts.queues ?? 1,
           depth: this.opts.depth ?? 64,
+          zeroCopy: this.opts.zeroCopy ?? true,
         });
         const rec: DeviceRecord = {
           devId: h.devId,
@@ -235,14 +240,17 @@ export class Blockd {
     const out: DeviceView[] = [];
     for (const r of this.table.list()) {
       let state = 'unknown';
+      let dataPath: DeviceView['dataPath'] = 'unknown';
       let stats: native.DeviceStats | null = null;
       try {
-        state = (await native.getInfo(r.devId)).state;
+        const info = await native.getInfo(r.devId);
+        state = info.state;
+        dataPath = native.isZeroCopy(info.flags) ? 'zero-copy' : 'copy';
         stats = native.stats(r.devId);
       } catch {
         // A device being recovered or gone: shown with what is known.
       }
-      out.push({ ...r, state, stats });
+      out.push({ ...r, state, dataPath, stats });
     }
     return out;
   }

@@ -73,52 +73,65 @@ export function blockdCommand(): Command {
     )
     .option('--queues <n>', 'ublk queues per device', '1')
     .option('--depth <n>', 'requests in flight per queue', '64')
-    .action(async (o: { stateDir: string; socket: string; queues: string; depth: string }) => {
-      const status = await runInOwnMountNamespace();
-      if (status !== null) {
-        process.exitCode = status;
-        return;
-      }
-      const { mkdir } = await import('node:fs/promises');
-      const path = await import('node:path');
-      await mkdir(path.dirname(o.socket), { recursive: true, mode: 0o700 });
-      const d = new Blockd({
-        stateDir: o.stateDir,
-        queues: Number(o.queues),
-        depth: Number(o.depth),
-        log,
-      });
-      const p = d.probe();
-      log('starting', { kernel: p.kernel, ublk: p.available, reason: p.reason });
-      await d.start();
-      const server = await serve(d, o.socket);
-      log('serving', { socket: o.socket });
-      await new Promise<void>((resolve) => {
-        let stopping = false;
-        const stop = (sig: string) => {
-          // A repeated signal (a parent and a process group both passing it on) changes nothing.
-          if (stopping) return;
-          stopping = true;
-          log('hand-over', { signal: sig });
-          server.close();
-          // Quiescing drains in-flight I/O; should it not finish, exiting is still safe: the
-          // kernel keeps the devices and re-issues their I/O to the next blockd.
-          const deadline = setTimeout(() => {
-            log('hand-over did not finish in time; exiting, in-flight I/O will be re-issued');
-            resolve();
-          }, HAND_OVER_DEADLINE_MS);
-          void d.handOver().finally(() => {
-            clearTimeout(deadline);
-            resolve();
-          });
-        };
-        process.on('SIGTERM', () => stop('SIGTERM'));
-        process.on('SIGINT', () => stop('SIGINT'));
-        process.on('SIGHUP', () => stop('SIGHUP'));
-      });
-      // Devices stay; their I/O waits for the next blockd, which recovers them.
-      process.exit(0);
-    });
+    .option(
+      '--no-zero-copy',
+      'serve new devices in copy mode even where the kernel has zero copy (>= 6.16)',
+    )
+    .action(
+      async (o: {
+        stateDir: string;
+        socket: string;
+        queues: string;
+        depth: string;
+        zeroCopy: boolean;
+      }) => {
+        const status = await runInOwnMountNamespace();
+        if (status !== null) {
+          process.exitCode = status;
+          return;
+        }
+        const { mkdir } = await import('node:fs/promises');
+        const path = await import('node:path');
+        await mkdir(path.dirname(o.socket), { recursive: true, mode: 0o700 });
+        const d = new Blockd({
+          stateDir: o.stateDir,
+          queues: Number(o.queues),
+          depth: Number(o.depth),
+          zeroCopy: o.zeroCopy,
+          log,
+        });
+        const p = d.probe();
+        log('starting', { kernel: p.kernel, ublk: p.available, reason: p.reason });
+        await d.start();
+        const server = await serve(d, o.socket);
+        log('serving', { socket: o.socket });
+        await new Promise<void>((resolve) => {
+          let stopping = false;
+          const stop = (sig: string) => {
+            // A repeated signal (a parent and a process group both passing it on) changes nothing.
+            if (stopping) return;
+            stopping = true;
+            log('hand-over', { signal: sig });
+            server.close();
+            // Quiescing drains in-flight I/O; should it not finish, exiting is still safe: the
+            // kernel keeps the devices and re-issues their I/O to the next blockd.
+            const deadline = setTimeout(() => {
+              log('hand-over did not finish in time; exiting, in-flight I/O will be re-issued');
+              resolve();
+            }, HAND_OVER_DEADLINE_MS);
+            void d.handOver().finally(() => {
+              clearTimeout(deadline);
+              resolve();
+            });
+          };
+          process.on('SIGTERM', () => stop('SIGTERM'));
+          process.on('SIGINT', () => stop('SIGINT'));
+          process.on('SIGHUP', () => stop('SIGHUP'));
+        });
+        // Devices stay; their I/O waits for the next blockd, which recovers them.
+        process.exit(0);
+      },
+    );
 }
 
 export function deviceCommand(): Command {
