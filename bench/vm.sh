@@ -7,7 +7,9 @@
 #   bench/vm.sh [--json]     needs root or sudo and the Debian archive (as scripts/test-vm.sh)
 #
 # Environment: PLOOP_CSI_BENCH_VM_KERNEL (default 7), PLOOP_CSI_BENCH_VM_SIZE (384M),
-# PLOOP_CSI_BENCH_VM_RUNTIME (seconds per random row, 10), PLOOP_CSI_SKIP_BUILD=1.
+# PLOOP_CSI_BENCH_VM_RUNTIME (seconds per random row, 10), PLOOP_CSI_BENCH_VM_QUEUES (ublk
+# queues per device, 1), PLOOP_CSI_SKIP_BUILD=1. The VM gets no environment from here: the
+# settings travel in bench.env in the results share.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
@@ -29,6 +31,10 @@ if [ "${PLOOP_CSI_SKIP_BUILD:-0}" != 1 ]; then
   npm run build:native >&2
 fi
 rm -rf "$out" && mkdir -p "$out"
+for v in SIZE RUNTIME QUEUES; do
+  name=PLOOP_CSI_BENCH_VM_$v
+  [ -z "${!name:-}" ] || printf '%s=%q\n' "$name" "${!name}" >>"$out/bench.env"
+done
 PLOOP_CSI_VM_QUIET=1 PLOOP_CSI_VM_TIMEOUT=${PLOOP_CSI_VM_TIMEOUT:-1800} PLOOP_CSI_VM_MEM=${PLOOP_CSI_VM_MEM:-4096} \
   test/vm/run-in-vm.sh "$kernel" bench/vm/fio.sh "$out" >"$out.harness.log" 2>&1 || {
   cat "$out.harness.log" >&2

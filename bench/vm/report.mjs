@@ -1,4 +1,6 @@
-// Prints the VM benchmark (bench/vm/fio.sh) as a table: ploop/ublk vs loop per fio row.
+// Prints the VM benchmark (bench/vm/fio.sh) as a table per fio row: ploop/ublk with the default
+// data path (zero copy where the kernel has it) and in copy mode, against the kernel loop device.
+// A row run in several passes is averaged per device.
 //   node bench/vm/report.mjs RESULTS_DIR ACCEL JSON(0|1)
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -13,57 +15,77 @@ const ROWS = [
   ['rand-read-4k', '4 KiB random read, QD32', 'read', 'iops'],
 ];
 
-function job(name, kind) {
-  const f = path.join(dir, `fio-${name}-${kind}.json`);
-  if (!fs.existsSync(f)) return null;
-  const j = JSON.parse(fs.readFileSync(f, 'utf8')).jobs[0];
-  return j;
+/** fio's first job of every pass of a row on a device. */
+function jobs(name, kind) {
+  const out = [];
+  for (let pass = 1; ; pass++) {
+    const f = path.join(dir, `fio-${name}-${kind}-${pass}.json`);
+    if (!fs.existsSync(f)) break;
+    out.push(JSON.parse(fs.readFileSync(f, 'utf8')).jobs[0]);
+  }
+  return out;
 }
+
+/** The ublk data path the default blockd used, from `device list --json`. */
+function mode() {
+  try {
+    const list = JSON.parse(fs.readFileSync(path.join(dir, 'bench-devices.json'), 'utf8'));
+    return list[0]?.dataPath ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
+const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const rows = [];
 for (const [name, label, dirn, metric] of ROWS) {
-  const u = job(name, 'ublk');
-  const l = job(name, 'loop');
-  if (!u || !l) {
+  const runs = { ublk: jobs(name, 'ublk'), copy: jobs(name, 'copy'), loop: jobs(name, 'loop') };
+  if (!runs.ublk.length || !runs.loop.length) {
     rows.push({ name, label, error: 'missing fio output' });
     continue;
   }
   // fio reports bw in KiB/s; shown as MiB/s for 1 MiB rows, IOPS for 4 KiB rows.
-  const val = (j) => (metric === 'bw' ? j[dirn].bw / 1024 : j[dirn].iops);
-  const lat = (j) => j[dirn].clat_ns?.percentile?.['99.000000'] / 1e3;
-  const ratio = val(u) / val(l);
+  const val = (js) => mean(js.map((j) => (metric === 'bw' ? j[dirn].bw / 1024 : j[dirn].iops)));
+  const p99 = (js) => mean(js.map((j) => j[dirn].clat_ns?.percentile?.['99.000000'] / 1e3));
+  const loop = val(runs.loop);
+  const ratio = val(runs.ublk) / loop;
   rows.push({
     name,
     label,
     unit: metric === 'bw' ? 'MiB/s' : 'IOPS',
-    ublk: val(u),
-    loop: val(l),
+    passes: runs.ublk.length,
+    ublk: val(runs.ublk),
+    copy: runs.copy.length ? val(runs.copy) : null,
+    loop,
     ratio,
-    p99UsUblk: lat(u),
-    p99UsLoop: lat(l),
+    copyRatio: runs.copy.length ? val(runs.copy) / loop : null,
+    p99UsUblk: p99(runs.ublk),
+    p99UsLoop: p99(runs.loop),
     meetsGoal: ratio >= GOAL,
   });
 }
 const emulated = accel !== 'kvm';
+const dataPath = mode();
 if (asJson === '1') {
-  process.stdout.write(`${JSON.stringify({ accel, emulated, goal: GOAL, rows }, null, 2)}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ accel, emulated, goal: GOAL, dataPath, rows }, null, 2)}\n`,
+  );
 } else {
   const label = emulated ? 'EMULATED (qemu TCG): compare the ratios, not the figures' : 'KVM';
   const lines = [
-    `fio in a VM, ${label}`,
-    `${'row'.padEnd(28)}${'ploop/ublk'.padStart(12)}${'loop'.padStart(12)}  unit    ratio  p99 µs ublk/loop`,
+    `fio in a VM, ${label}; ploop/ublk data path: ${dataPath}`,
+    `${'row'.padEnd(28)}${'ploop/ublk'.padStart(11)}${'copy mode'.padStart(11)}${'loop'.padStart(11)}  unit   ratio  copy  p99 µs ublk/loop`,
   ];
+  const f = (n) => (n === null ? '-' : n >= 100 ? n.toFixed(0) : n.toFixed(1)).padStart(11);
   for (const r of rows) {
     if (r.error) {
       lines.push(`${r.label.padEnd(28)}${r.error}`);
       continue;
     }
-    const f = (n) => (n >= 100 ? n.toFixed(0) : n.toFixed(1)).padStart(12);
     lines.push(
-      `${r.label.padEnd(28)}${f(r.ublk)}${f(r.loop)}  ${r.unit.padEnd(6)}${r.ratio
-        .toFixed(2)
-        .padStart(
-          7,
-        )}  ${Math.round(r.p99UsUblk)}/${Math.round(r.p99UsLoop)}${r.meetsGoal ? '' : `  (goal ≥ ${GOAL})`}`,
+      `${r.label.padEnd(28)}${f(r.ublk)}${f(r.copy)}${f(r.loop)}  ${r.unit.padEnd(5)}` +
+        `${r.ratio.toFixed(2).padStart(6)}${(r.copyRatio === null ? '-' : r.copyRatio.toFixed(2)).padStart(6)}` +
+        `  ${Math.round(r.p99UsUblk)}/${Math.round(r.p99UsLoop)}${r.meetsGoal ? '' : `  (goal ≥ ${GOAL})`}`,
     );
   }
   process.stdout.write(`${lines.join('\n')}\n`);
