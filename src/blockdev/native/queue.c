@@ -95,10 +95,14 @@ static int xfer_once(struct ublk_queue *q, int tag, int write, int fd, uint64_t 
 	q->xfer_seq++;
 	q->xfer_done = 0;
 	sqe->user_data = XFER_BIT | ((uint64_t)q->xfer_seq << 16) | (uint64_t)tag;
+	/*
+	 * Wait whatever the ring says: giving up while the transfer may still run would let it
+	 * reach the pages of the tag's next request (the same buffer index).
+	 */
 	while (!q->xfer_done) {
 		int r = io_uring_submit_and_wait(&q->ring, 1);
 		if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY)
-			return r;
+			usleep(1000); /* unexpected (e.g. -ENOMEM): retry without spinning */
 		reap(q);
 	}
 	return q->xfer_res;
