@@ -9,26 +9,22 @@
 # speed during the run weighs on every device alike. Results: fio JSON per row, device and pass
 # in the results share.
 set -u
-repo=$(cd "$(dirname "$0")/../.." && pwd)
-results=${PLOOP_CSI_VM_RESULTS:-/tmp}
+guest_name=bench
+# shellcheck source=test/vm/guest.sh
+. "$(dirname "$0")/../../test/vm/guest.sh"
 # shellcheck disable=SC1091 # settings from bench/vm.sh, which the VM's environment cannot carry
 [ -f "$results/bench.env" ] && . "$results/bench.env"
-work=/tmp/bench
 size=${PLOOP_CSI_BENCH_VM_SIZE:-384M}
 runtime=${PLOOP_CSI_BENCH_VM_RUNTIME:-10}
-export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
-say() { echo "[bench] $*"; }
 cli() { node "$repo/dist/src/cli/main.js" "$@"; }
 
 command -v fio >/dev/null || { say "fio is not installed on the host"; exit 1; }
-rm -rf "$work" && mkdir -p "$work/pool" || exit 1
-# The pool: ext4 on a loop device over a file in the VM's memory (both devices share it; the
-# VM's /tmp holds half its memory, so the two backing files must fit in that).
-truncate -s 1600M "$work/pool.img" && mkfs.ext4 -q "$work/pool.img" && mount -o loop "$work/pool.img" "$work/pool" || {
-  say "could not set up the pool"
-  exit 1
-}
-mount --make-rshared / 2>/dev/null
+# shellcheck disable=SC2119 # nothing beyond what every suite needs
+guest_need_build
+# The pool is shared by every device; the VM's /tmp holds half its memory, so the three backing
+# files must fit in that.
+guest_pool 1600M
+guest_shared_mounts
 
 start_blockd() { # NAME BLOCKD-ARGS...: starts a blockd on $work/NAME.sock
   name=$1

@@ -8,26 +8,14 @@
 # The pool is an ext4 file system on a loop device in the VM's memory. Needs the host's build.
 # Logs and data-path.json go to the results share. Exit status: 0 when every step passed.
 set -u
-repo=$(cd "$(dirname "$0")/../.." && pwd)
-results=${PLOOP_CSI_VM_RESULTS:-/tmp}
-work=/tmp/data-path
-now() { cut -d' ' -f1 /proc/uptime; }
-say() { echo "[data-path] $*"; }
-t_start=$(now)
-export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
-
-for f in "$repo/build/Release/ploop_ublk.node" "$repo/dist/src/cli/main.js"; do
-  [ -f "$f" ] || { say "missing $f: build on the host first (npm run build; npm run build:native)"; exit 1; }
-done
+guest_name=data-path
+# shellcheck source=test/vm/guest.sh
+. "$(dirname "$0")/guest.sh"
+# shellcheck disable=SC2119 # nothing beyond what every suite needs
+guest_need_build
 say "kernel $(uname -r)"
-
-# Mounts are shared, as on a systemd host: blockd's slave namespace follows unmounts made here.
-mount --make-rshared / || say "warning: cannot make / shared"
-rm -rf "$work" && mkdir -p "$work/pool" || exit 1
-truncate -s 1G "$work/pool.img" && mkfs.ext4 -q "$work/pool.img" && mount -o loop "$work/pool.img" "$work/pool" || {
-  say "could not set up the ext4 pool"
-  exit 1
-}
+guest_shared_mounts
+guest_pool 1G
 cd "$repo" || exit 1
 
 . "$repo/test/vm/watchdog.sh"
@@ -38,7 +26,7 @@ watchdog_pid=$!
 wait "$node_pid"
 rc=$?
 kill "$watchdog_pid" 2>/dev/null
-say "data-path.mjs exited $rc after $(awk -v a="$t_start" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')s"
+say "data-path.mjs exited $rc after $(since "$t_start")s"
 
 dmesg >"$results/data-path-dmesg.txt" 2>&1
 umount "$work/mnt" 2>/dev/null

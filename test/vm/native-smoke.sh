@@ -9,28 +9,17 @@
 # image afterwards. Logs and native-smoke.json go to the results share.
 # Exit status: 0 when every step passed.
 set -u
-repo=$(cd "$(dirname "$0")/../.." && pwd)
-results=${PLOOP_CSI_VM_RESULTS:-/tmp}
-work=/tmp/native-smoke
-now() { cut -d' ' -f1 /proc/uptime; }
-say() { echo "[native-smoke] $*"; }
-t_start=$(now)
-
-for f in "$repo/build/Release/ploop_ublk.node" "$repo/dist/src/blockdev/native.js" "$repo/dist/src/cli/main.js"; do
-  [ -f "$f" ] || { say "missing $f: build on the host first (npx node-gyp rebuild; npx tsc -p .)"; exit 1; }
-done
+guest_name=native-smoke
+# shellcheck source=test/vm/guest.sh
+. "$(dirname "$0")/guest.sh"
+guest_need_build dist/src/blockdev/native.js
 say "kernel $(uname -r); io_uring_disabled=$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo n/a)"
-
-rm -rf "$work" && mkdir -p "$work/pool" || exit 1
-if ! { truncate -s 768M "$work/pool.img" && mkfs.ext4 -q "$work/pool.img" && mount -o loop "$work/pool.img" "$work/pool"; }; then
-  say "could not set up the ext4 pool"
-  exit 1
-fi
+guest_pool 768M
 cd "$repo" || exit 1
 
 t=$(now)
 node dist/src/cli/main.js image create "$work/pool/vol.hds" --size 256M || { say "image create failed"; exit 1; }
-say "image create (CLI, one Node start): $(awk -v a="$t" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')s"
+say "image create (CLI, one Node start): $(since "$t")s"
 
 # Watchdog: a hung device ends the run with the threads' stacks instead of the VM timeout.
 . "$repo/test/vm/watchdog.sh"
@@ -42,7 +31,7 @@ watchdog_pid=$!
 wait "$node_pid"
 rc=$?
 kill "$watchdog_pid" 2>/dev/null
-say "native-smoke.mjs exited $rc after $(awk -v a="$t" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')s"
+say "native-smoke.mjs exited $rc after $(since "$t")s"
 
 for img in "$work"/pool/*.hds; do
   [ -f "$img" ] || continue
@@ -56,5 +45,5 @@ done
 ls -ls "$work/pool" >"$results/native-smoke-pool.txt" 2>&1
 dmesg >"$results/native-smoke-dmesg.txt" 2>&1
 umount "$work/pool" 2>/dev/null
-say "total $(awk -v a="$t_start" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')s; result: $([ "$rc" -eq 0 ] && echo ok || echo FAILED)"
+say "total $(since "$t_start")s; result: $([ "$rc" -eq 0 ] && echo ok || echo FAILED)"
 exit "$rc"
