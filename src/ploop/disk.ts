@@ -6,9 +6,9 @@
  */
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { BusyError, InvalidArgumentError, NotFoundError } from './errors.js';
-import { SECTOR, virtualSize } from './header.js';
-import { FileSystem, nodeFileSystem, writeTempFile } from './io.js';
+import { InvalidArgumentError, NotFoundError } from './errors.js';
+import { FormatVersion, SECTOR, virtualSize } from './header.js';
+import { FileSystem, nodeFileSystem, publishAfter } from './io.js';
 import {
   DESCRIPTOR_NAME,
   Descriptor,
@@ -27,12 +27,13 @@ import {
   validateDescriptor,
   writeDescriptor,
 } from './descriptor.js';
-import { CreateImageOptions, PloopImage, readZeroFilled } from './image.js';
+import { CreateImageOptions, PloopImage } from './image.js';
 import { RawImage, openDelta } from './chain.js';
 import { growImage } from './grow.js';
-import { PIECE_BYTES, Progress, SyncBehind, streamPieces } from './copy.js';
+import { Progress } from './copy.js';
 import { withLock } from './lock.js';
 import { repairImage } from './check.js';
+import { mergeChildInto, unlinkQuietly } from './merge.js';
 
 export const BASE_IMAGE_NAME = 'root.hds';
 
@@ -93,16 +94,24 @@ async function mutate<T>(
   fn: (d: Descriptor) => Promise<T>,
 ): Promise<T> {
   const fs = fsOf(opts);
-  if (!(await fs.exists(ddPath))) throw new NotFoundError(`${ddPath}: no such descriptor`);
+  const missing = () => new NotFoundError(`${ddPath}: no such descriptor`);
   return withLock(
     lockPath(ddPath),
     async () => {
-      let d = await readDescriptor(fs, ddPath);
+      let d = await readDescriptor(fs, ddPath).catch((err: unknown) => {
+        throw err instanceof NotFoundError ? missing() : err;
+      });
       // Pending merges never run under a live top: they may involve it.
       if (!opts.liveTop) d = await finishPending(ddPath, d, opts);
       return fn(d);
     },
-    { timeoutMs: opts.lockTimeoutMs ?? 30_000 },
+    {
+      timeoutMs: opts.lockTimeoutMs ?? 30_000,
+      // No lock file is left next to a descriptor that does not exist.
+      beforeCreate: async () => {
+        if (!(await fs.exists(ddPath))) throw missing();
+      },
+    },
   );
 }
 
@@ -173,22 +182,18 @@ export async function snapshot(ddPath: string, opts: DiskOptions = {}): Promise<
     d.snapshots.push({ guid: TOP_GUID, parent: guid, temporary: false });
     d.topGuid = TOP_GUID;
     validateDescriptor(d, ddPath);
-    const makeDelta = async () => {
-      let version: 1 | 2 = 2;
-      let size = d.sizeSectors * SECTOR;
-      if (topType === 'Compressed') {
-        // A top left dirty by a crash is repaired before it is frozen; a live top (served by
-        // a device that is paused and flushed) is in use by design and is left as it is. Only
-        // the header is read: the BAT is not needed, so the cost does not grow with the disk.
-        let top = await PloopImage.readHeader(topFile, fs);
-        if (!opts.liveTop && top.inUse !== 0) {
-          await repairImage(topFile, fs);
-          top = await PloopImage.readHeader(topFile, fs);
-        }
-        version = top.version;
-        size = virtualSize(top);
+    // Size and version of the new delta are those of the current top.
+    const geometry = async (): Promise<{ size: number; version: FormatVersion }> => {
+      if (topType !== 'Compressed') return { size: d.sizeSectors * SECTOR, version: 2 };
+      // A top left dirty by a crash is repaired before it is frozen; a live top (served by a
+      // device that is paused and flushed) is in use by design and is left as it is. Only the
+      // header is read: the BAT is not needed, so the cost does not grow with the disk.
+      let top = await PloopImage.readHeader(topFile, fs);
+      if (!opts.liveTop && top.inUse !== 0) {
+        await repairImage(topFile, fs);
+        top = await PloopImage.readHeader(topFile, fs);
       }
-      await PloopImage.create(file, { size, clusterSize: d.clusterSectors * SECTOR, version, fs });
+      return { size: virtualSize(top), version: top.version };
     };
     // The empty delta and the new descriptor (as DiskDescriptor.xml.tmp) are written and
     // synced at the same time; then the rename publishes both and one directory sync makes it
@@ -197,19 +202,19 @@ export async function snapshot(ddPath: string, opts: DiskOptions = {}): Promise<
     // itself renames its .tmp without one), so the new descriptor never survives a crash
     // without the delta it names, and the delta's contents (like a repair of the old top)
     // were synced before the rename.
-    const [created, staged] = await Promise.allSettled([
-      makeDelta(),
-      writeTempFile(fs, ddPath, serializeDescriptor(d)),
-    ]);
-    if (created.status === 'rejected' || staged.status === 'rejected') {
-      if (staged.status === 'fulfilled') await unlinkQuietly(fs, staged.value);
-      if (created.status === 'fulfilled') await unlinkQuietly(fs, file);
-      throw created.status === 'rejected'
-        ? created.reason
-        : (staged as PromiseRejectedResult).reason;
+    const created = PloopImage.createFor(file, d.clusterSectors * SECTOR, geometry(), fs);
+    try {
+      await publishAfter(fs, ddPath, serializeDescriptor(d), created);
+    } catch (err) {
+      if (
+        await created.then(
+          () => true,
+          () => false,
+        )
+      )
+        await unlinkQuietly(fs, file);
+      throw err;
     }
-    await fs.rename(staged.value, ddPath);
-    await fs.syncDir(dir);
     return guid;
   });
 }
@@ -335,110 +340,4 @@ export async function growDisk(
     await writeDescriptor(fs, ddPath, d);
     return d.sizeSectors * SECTOR;
   });
-}
-
-async function unlinkQuietly(fs: FileSystem, file: string): Promise<void> {
-  try {
-    await fs.unlink(file);
-    await fs.syncDir(path.dirname(file));
-  } catch {
-    // Already gone: an earlier attempt got this far.
-  }
-}
-
-/**
- * Merges the single child of `parentGuid` into it and rewrites the descriptor: the child's GUID
- * survives on the parent's file (ploop semantics). Idempotent, so it can be re-run after a crash.
- */
-async function mergeChildInto(
-  ddPath: string,
-  d: Descriptor,
-  parentGuid: string,
-  opts: DiskOptions,
-): Promise<Descriptor> {
-  const fs = fsOf(opts);
-  const kids = childrenOf(d, parentGuid);
-  if (kids.length !== 1) throw new BusyError(`snapshot ${parentGuid} has ${kids.length} children`);
-  const childGuid = kids[0]!.guid;
-  const parentSnap = d.snapshots.find((s) => s.guid === parentGuid)!;
-  const parentIm = imageOf(d, parentGuid);
-  const childIm = imageOf(d, childGuid);
-  const parentFile = resolveImagePath(ddPath, parentIm.file);
-  const childFile = resolveImagePath(ddPath, childIm.file);
-  if (!parentSnap.temporary) {
-    parentSnap.temporary = true; // a crash from here on finishes the merge next time
-    await writeDescriptor(fs, ddPath, d);
-  }
-  const child = (await openDelta(childFile, 'Compressed', fs, true, false)) as PloopImage;
-  try {
-    const parent = await openDelta(parentFile, parentIm.type, fs, false, true);
-    try {
-      if (parent instanceof PloopImage && child.virtualSize > parent.virtualSize) {
-        // The parent's clusters past its size are visible in the chain: keep them.
-        await growImage(parent, child.virtualSize, { keepBeyondSize: true });
-      } else if (parent instanceof RawImage && child.virtualSize > parent.size) {
-        // A raw parent must grow too, or the merged disk ends at its last written cluster.
-        await parent.file.truncate(child.virtualSize);
-      }
-      // Piece by piece in virtual order: clusters new to the parent are appended in order,
-      // each entry set once its cluster is whole; syncs run behind the copy.
-      const cluster = child.clusterSize;
-      const piece = Math.min(cluster, PIECE_BYTES);
-      const parts = cluster / piece;
-      const mapped: number[] = [];
-      for (let vc = 0; vc < child.bat.length; vc++) if (child.map(vc) >= 0) mapped.push(vc);
-      const behind = new SyncBehind(
-        () => (parent instanceof PloopImage ? parent.flushBehind() : parent.file.sync()),
-        opts.syncEvery,
-      );
-      let host = -1;
-      let fresh = false;
-      await streamPieces(
-        mapped.length * parts,
-        piece,
-        async (i, buf) => {
-          const vc = mapped[Math.floor(i / parts)]!;
-          await readZeroFilled(child.file, buf, child.map(vc) + (i % parts) * piece);
-          return buf;
-        },
-        async (i, data) => {
-          const n = Math.floor(i / parts);
-          const part = i % parts;
-          const vc = mapped[n]!;
-          if (parent instanceof RawImage) {
-            await parent.file.write(data, vc * cluster + part * piece);
-          } else {
-            if (part === 0) {
-              // A cluster the parent maps is overwritten in place, else one is appended.
-              host = parent.map(vc);
-              fresh = host < 0;
-              if (fresh) host = parent.reserveCluster();
-            }
-            await parent.file.write(data, host + part * piece);
-            if (fresh && part === parts - 1) parent.setEntry(vc, host);
-          }
-          await behind.wrote(data.length);
-          if (part === parts - 1) opts.progress?.(n + 1, mapped.length);
-        },
-      );
-      await behind.drain();
-      await parent.close();
-    } catch (err) {
-      if (parent instanceof PloopImage) await parent.abandon();
-      else await parent.close();
-      throw err;
-    }
-  } finally {
-    await child.close();
-  }
-  // The child's GUID now names the parent's file, and inherits its parent.
-  childIm.file = parentIm.file;
-  childIm.type = parentIm.type;
-  const childSnap = d.snapshots.find((s) => s.guid === childGuid)!;
-  childSnap.parent = parentSnap.parent;
-  d.images = d.images.filter((i) => i.guid !== parentGuid);
-  d.snapshots = d.snapshots.filter((s) => s.guid !== parentGuid);
-  await writeDescriptor(fs, ddPath, d);
-  await unlinkQuietly(fs, childFile);
-  return d;
 }

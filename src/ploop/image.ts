@@ -22,7 +22,7 @@ import {
   newHeader,
   virtualSize,
 } from './header.js';
-import { FileSystem, RandomAccessFile, nodeFileSystem } from './io.js';
+import { FileSystem, RandomAccessFile, closeInBackground, nodeFileSystem } from './io.js';
 
 /** ploop's reserved in-kernel marker; never a valid entry. */
 export const BAT_ENTRY_NONE = 0xffffffff;
@@ -75,6 +75,26 @@ export async function readZeroFilled(
   if (n < buf.length) buf.fill(0, n);
 }
 
+/**
+ * Writes the header and an empty BAT area (zeros up to data_off) of a new expanded image. The
+ * header goes in a small buffer, the zeros come from the shared buffer (see zeroBytes), and the
+ * two are written at the same time: nothing names the file yet, so their order does not matter.
+ */
+async function writeEmptyBatArea(f: RandomAccessFile, h: Header): Promise<void> {
+  const dataOff = h.dataOff * SECTOR;
+  const head = Buffer.alloc(Math.min(dataOff, 4096));
+  encodeHeader(h).copy(head, 0);
+  const zeros = async () => {
+    for (let off = head.length; off < dataOff;) {
+      const z = zeroBytes(dataOff - off);
+      await f.write(z, off);
+      off += z.length;
+    }
+  };
+  const done = await Promise.allSettled([f.write(head, 0), zeros()]);
+  for (const r of done) if (r.status === 'rejected') throw r.reason;
+}
+
 export class PloopImage {
   /** Next host byte offset for an appended cluster. */
   private nextHost: number;
@@ -82,7 +102,7 @@ export class PloopImage {
   private readonly pendingBat = new Set<number>();
   /** Host ranges released since the last flush; punched once their BAT change is durable. */
   private released: number[] = [];
-  /** The sync started by `flushBehind` and the entry writes that follow it, if any. */
+  /** The syncs started by `flushBehind` and the entry writes that follow them, if any. */
   private behind: Promise<void> | null = null;
   private closed = false;
 
@@ -174,21 +194,43 @@ export class PloopImage {
         await f.allocate(dataOff, h.batEntries * cluster);
         await f.write(area, 0);
       } else {
-        // Header in a small buffer, the empty BAT from shared zeros (see zeroBytes).
-        const head = Buffer.alloc(Math.min(dataOff, 4096));
-        encodeHeader(h).copy(head, 0);
-        await f.write(head, 0);
-        for (let off = head.length; off < dataOff;) {
-          const z = zeroBytes(dataOff - off);
-          await f.write(z, off);
-          off += z.length;
-        }
+        await writeEmptyBatArea(f, h);
       }
       await f.sync();
     } finally {
       await f.close();
     }
     return h;
+  }
+
+  /**
+   * Creates an empty expanded image like `create`, for a size and version known only once
+   * `geometry` resolves (a snapshot reads them from the current top): the new file is opened
+   * meanwhile. On failure no file is left behind.
+   */
+  static async createFor(
+    path: string,
+    clusterSize: number,
+    geometry: Promise<{ size: number; version: FormatVersion }>,
+    fs: FileSystem = nodeFileSystem,
+  ): Promise<Header> {
+    const [opened, geo] = await Promise.allSettled([fs.open(path, 'create'), geometry]);
+    if (opened.status === 'rejected') {
+      throw geo.status === 'rejected' ? geo.reason : opened.reason;
+    }
+    const f = opened.value;
+    try {
+      if (geo.status === 'rejected') throw geo.reason;
+      const h = newHeader(geo.value.size, clusterSize, geo.value.version);
+      await writeEmptyBatArea(f, h);
+      await f.sync();
+      closeInBackground(f);
+      return h;
+    } catch (err) {
+      await f.close().catch(() => undefined);
+      await fs.unlink(path).catch(() => undefined);
+      throw err;
+    }
   }
 
   // ---- opening ---------------------------------------------------------------------------
@@ -199,11 +241,15 @@ export class PloopImage {
    */
   static async readHeader(path: string, fs: FileSystem = nodeFileSystem): Promise<Header> {
     const file = await fs.open(path, 'r');
+    let header: Header;
     try {
-      return (await PloopImage.readCheckedHeader(path, file)).header;
-    } finally {
+      header = (await PloopImage.readCheckedHeader(path, file)).header;
+    } catch (err) {
       await file.close();
+      throw err;
     }
+    closeInBackground(file);
+    return header;
   }
 
   /** Reads the header and rejects what no open accepts (damage, pending conversion, huge BAT). */
@@ -211,9 +257,8 @@ export class PloopImage {
     path: string,
     file: RandomAccessFile,
   ): Promise<{ header: Header; fileSize: number }> {
-    const fileSize = await file.size();
     const hb = Buffer.alloc(HEADER_SIZE);
-    await readZeroFilled(file, hb, 0);
+    const [fileSize] = await Promise.all([file.size(), readZeroFilled(file, hb, 0)]);
     const header = decodeHeader(hb);
     if (!header) throw new CorruptImageError(path, 'not a ploop image (unknown signature)');
     const problems = headerProblems(header, fileSize);
@@ -421,8 +466,8 @@ export class PloopImage {
    * written only once the sync returned, so they point at durable data; they become durable
    * themselves with the next sync. Entries changed later wait for a later (behind) flush. Only
    * call it when every cluster an entry changed so far points at has been completely written.
-   * Returns at once; a second call, `flush` and `close` wait for the previous one (and throw
-   * its error).
+   * Returns at once; a second call may run next to it (its promise settles after this one's),
+   * `flush` and `close` wait for every one in flight (and throw if one failed).
    */
   flushBehind(): Promise<void> {
     if (this.readOnly) return Promise.resolve();
@@ -430,15 +475,25 @@ export class PloopImage {
     const indices = [...this.pendingBat];
     const values = indices.map((i) => this.bat[i]!);
     this.pendingBat.clear();
-    const prev = this.behind;
-    const run = (async () => {
-      if (prev) await prev;
+    // The sync starts at once, even next to an earlier one still running: it covers these
+    // entries' data all the same, and the disk gets the next batch while that one ends. The
+    // entries are written only after the earlier runs' entries, or an older value of a slot
+    // changed twice could land last.
+    const earlier = this.behind;
+    const own = (async () => {
       await this.file.sync();
+      if (earlier) await earlier.catch(() => undefined);
       // Only adjacent slots are joined: a slot in a gap may hold a newer, not yet durable value.
       await this.writeEntryValues(indices, values, 1);
     })();
     // On failure the entries are written by the next flush instead (which throws first).
-    run.catch(() => indices.forEach((i) => this.pendingBat.add(i)));
+    own.catch(() => indices.forEach((i) => this.pendingBat.add(i)));
+    // Settles once the earlier ones have too, so `behind` covers every run still in flight.
+    const run = Promise.allSettled([own, this.behind]).then(([a, b]) => {
+      if (a.status === 'rejected') throw a.reason;
+      if (b.status === 'rejected') throw b.reason;
+    });
+    run.catch(() => undefined);
     this.behind = run;
     return run;
   }

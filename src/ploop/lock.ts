@@ -15,6 +15,27 @@ export interface Lock {
 export interface LockOptions {
   /** How long to wait for a lock held by someone else; 0 fails at once. */
   timeoutMs?: number;
+  /**
+   * Runs before the lock file is created (only when it does not exist yet); throwing leaves
+   * no lock file behind.
+   */
+  beforeCreate?: () => Promise<void>;
+}
+
+/** Opens the lock file, creating it if missing, like ploop's; an existing file is opened as is. */
+async function openLockFile(file: string, opts: LockOptions): Promise<fsp.FileHandle> {
+  try {
+    // The lock file usually exists already: one call, and nothing created when it does not.
+    return await fsp.open(file, fsc.O_RDONLY);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw toPloopError(err, file);
+  }
+  await opts.beforeCreate?.();
+  try {
+    return await fsp.open(file, fsc.O_RDONLY | fsc.O_CREAT, 0o600);
+  } catch (err) {
+    throw toPloopError(err, file);
+  }
 }
 
 const POLL_MS = 10;
@@ -32,13 +53,7 @@ function tryFlock(fd: number): boolean {
 
 export async function acquireLock(file: string, opts: LockOptions = {}): Promise<Lock> {
   const timeout = opts.timeoutMs ?? 30_000;
-  let fh: fsp.FileHandle;
-  try {
-    // Created if missing, like ploop's lock file; an existing image file is opened as is.
-    fh = await fsp.open(file, fsc.O_RDONLY | fsc.O_CREAT, 0o600);
-  } catch (err) {
-    throw toPloopError(err, file);
-  }
+  const fh = await openLockFile(file, opts);
   const deadline = Date.now() + timeout;
   try {
     while (!tryFlock(fh.fd)) {

@@ -414,4 +414,13 @@ describe('operations on a missing disk', () => {
     await expect(mergeTop(none)).rejects.toBeInstanceOf(NotFoundError);
     await expect(listSnapshots(none)).rejects.toBeInstanceOf(NotFoundError);
   });
+
+  it('leave no lock file in a directory without a descriptor', async () => {
+    const empty = path.join(dir, 'empty');
+    await fsp.mkdir(empty);
+    const dd = path.join(empty, DESCRIPTOR_NAME);
+    await expect(snapshot(dd)).rejects.toBeInstanceOf(NotFoundError);
+    await expect(mergeTop(dd)).rejects.toBeInstanceOf(NotFoundError);
+    expect(await fsp.readdir(empty)).toEqual([]);
+  });
 });

@@ -9,7 +9,9 @@ import * as path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   Chain,
+  FileSystem,
   PloopImage,
+  RandomAccessFile,
   SyncBehind,
   checkImage,
   createDisk,
@@ -17,6 +19,7 @@ import {
   importRaw,
   listSnapshots,
   mergeTop,
+  nodeFileSystem,
   snapshot,
   streamPieces,
 } from '../../src/ploop/index.js';
@@ -88,22 +91,148 @@ describe('streamPieces', () => {
 });
 
 describe('SyncBehind', () => {
-  it('starts a sync per interval, one at a time, and drain surfaces its error', async () => {
-    let running = 0;
-    let started = 0;
-    const sb = new SyncBehind(async () => {
-      expect(running).toBe(0);
-      running++;
-      started++;
+  /** Syncs that take a little while; the `failing`-th one started fails. */
+  function syncs(failing: number) {
+    const st = { started: 0, running: 0, most: 0, at: [] as number[], written: 0 };
+    const start = async () => {
+      const id = ++st.started;
+      st.at.push(st.written);
+      st.running++;
+      st.most = Math.max(st.most, st.running);
       await new Promise((r) => setTimeout(r, 2));
-      running--;
-      if (started === 3) throw new Error('EIO');
-    }, 10);
-    for (let i = 0; i < 25; i++) await sb.wrote(1);
-    expect(started).toBe(2);
-    await sb.drain();
-    await sb.wrote(10);
+      st.running--;
+      if (id === failing) throw new Error('EIO');
+    };
+    return { st, start };
+  }
+
+  it('starts syncs at intervals growing to `every`, two at a time; drain surfaces an error', async () => {
+    const { st, start } = syncs(6);
+    const sb = new SyncBehind(start, 16);
+    for (let i = 0; i < 70; i++) {
+      st.written++;
+      await sb.wrote(1);
+    }
+    // Intervals 2, 4, 8, then 16: the disk gets work early.
+    expect(st.at).toEqual([2, 6, 14, 30, 46, 62]);
+    expect(st.most).toBe(2);
     await expect(sb.drain()).rejects.toThrow('EIO');
+    expect(st.running).toBe(0);
+    await sb.wrote(16);
+    await sb.drain();
+    expect(st.started).toBe(7);
+  });
+
+  it('keeps to the depth it is given', async () => {
+    const { st, start } = syncs(0);
+    const sb = new SyncBehind(start, 8, 1);
+    for (let i = 0; i < 60; i++) await sb.wrote(1);
+    await sb.drain();
+    expect(st.started).toBe(9);
+    expect(st.most).toBe(1);
+  });
+});
+
+describe('PloopImage.flushBehind', () => {
+  /** Syncs of image files wait until released, one by one, and may then fail. */
+  function heldSyncs() {
+    const held: { release: (fail: boolean) => void }[] = [];
+    let holding = false;
+    const fs: FileSystem = {
+      ...nodeFileSystem,
+      async open(file, mode) {
+        const f = await nodeFileSystem.open(file, mode);
+        const wrapped: RandomAccessFile = {
+          path: f.path,
+          read: (b, p) => f.read(b, p),
+          write: (b, p) => f.write(b, p),
+          size: () => f.size(),
+          truncate: (n) => f.truncate(n),
+          punchHole: (p, n) => f.punchHole(p, n),
+          allocate: (p, n) => f.allocate(p, n),
+          close: () => f.close(),
+          sync: async () => {
+            if (holding) {
+              const fail = await new Promise<boolean>((r) => held.push({ release: r }));
+              if (fail) throw new Error('EIO');
+            }
+            await f.sync();
+          },
+        };
+        return wrapped;
+      },
+    };
+    return { fs, held, hold: (on: boolean) => (holding = on) };
+  }
+
+  it('runs next to an earlier one, settles after it and surfaces its failure', async () => {
+    const file = path.join(dir, 'i.hds');
+    await PloopImage.create(file, { size: 8 * K64, clusterSize: K64 });
+    const { fs, held, hold } = heldSyncs();
+    const img = await PloopImage.open(file, { fs });
+    await img.allocate(0, pattern(K64, 1));
+    hold(true);
+    const first = img.flushBehind();
+    first.catch(() => undefined);
+    await img.allocate(1, pattern(K64, 2));
+    const second = img.flushBehind();
+    second.catch(() => undefined);
+    // Both syncs are under way at once.
+    await new Promise((r) => setTimeout(r, 20));
+    expect(held).toHaveLength(2);
+    let secondDone = false;
+    void second.then(
+      () => (secondDone = true),
+      () => (secondDone = true),
+    );
+    held[1]!.release(false);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(secondDone).toBe(false);
+    held[0]!.release(true);
+    await expect(first).rejects.toThrow('EIO');
+    await expect(second).rejects.toThrow('EIO');
+    hold(false);
+    // The failed run's entry is written by the next flush; the other one is on disk already.
+    await expect(img.flush()).rejects.toThrow('EIO');
+    await img.flush();
+    await img.close();
+    const back = await PloopImage.open(file, { readOnly: true });
+    expect(back.map(0)).toBeGreaterThan(0);
+    expect(back.map(1)).toBeGreaterThan(0);
+    await back.close();
+  });
+
+  it('writes a slot changed by two overlapping runs with its newer value last', async () => {
+    const file = path.join(dir, 'i.hds');
+    await PloopImage.create(file, { size: 8 * K64, clusterSize: K64 });
+    const { fs, held, hold } = heldSyncs();
+    const img = await PloopImage.open(file, { fs });
+    const older = await img.allocate(0, pattern(K64, 1));
+    hold(true);
+    const first = img.flushBehind();
+    const newer = img.reserveCluster();
+    await fs.open(file, 'rw').then(async (f) => {
+      await f.write(pattern(K64, 2), newer);
+      await f.close();
+    });
+    img.setEntry(0, newer);
+    const second = img.flushBehind();
+    await new Promise((r) => setTimeout(r, 20));
+    expect(held).toHaveLength(2);
+    // The later sync returns first; its entry must still not be overwritten by the older one.
+    held[1]!.release(false);
+    await new Promise((r) => setTimeout(r, 20));
+    held[0]!.release(false);
+    await first;
+    await second;
+    hold(false);
+    const raw = Buffer.alloc(4);
+    const f = await nodeFileSystem.open(file, 'r');
+    await f.read(raw, 64);
+    await f.close();
+    expect(raw.readUInt32LE(0) * K64).toBe(newer);
+    expect(newer).not.toBe(older);
+    await img.close();
   });
 });
 
