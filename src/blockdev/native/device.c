@@ -24,9 +24,18 @@ static void sleep_ms(unsigned ms)
 
 /* ---- request path ---------------------------------------------------------------------- */
 
-static struct pl_chain *gate_enter(struct ublk_device *d)
+/*
+ * Enters the gate for one request of queue q; NULL when the device is paused and q has
+ * requests in flight: they hold the gate, so waiting here would wait for ourselves (the queue
+ * finishes them and asks again).
+ */
+static struct pl_chain *gate_enter(struct ublk_device *d, const struct ublk_queue *q)
 {
 	pthread_mutex_lock(&d->gate_mtx);
+	if (d->paused && q && q->async_inflight > 0) {
+		pthread_mutex_unlock(&d->gate_mtx);
+		return NULL;
+	}
 	while (d->paused)
 		pthread_cond_wait(&d->gate_cv, &d->gate_mtx);
 	d->active++;
@@ -73,7 +82,9 @@ static int handle_io(void *ctx, struct ublk_queue *q, int tag, const struct ublk
 	uint64_t t0 = pl_now_ns();
 	int sop, r;
 
-	struct pl_chain *c = gate_enter(d);
+	struct pl_chain *c = gate_enter(d, q);
+	if (!c)
+		return UBLK_IO_RETRY;
 	if (d->debug_delay_ms && (op == UBLK_IO_OP_WRITE || op == UBLK_IO_OP_FLUSH))
 		sleep_ms(d->debug_delay_ms);
 	switch (op) {
@@ -108,6 +119,63 @@ static int handle_io(void *ctx, struct ublk_queue *q, int tag, const struct ublk
 	gate_leave(d);
 	pl_stats_record(&d->stats, sop, len, r < 0, pl_now_ns() - t0);
 	return r;
+}
+
+/*
+ * The common READ and WRITE: one contiguous extent of one file (pl_plan), moved by a single
+ * transfer on the queue's ring without waiting for it, so the transfers of a whole batch of
+ * requests go out, and complete, in one system call. A write must not need anything but its
+ * data (no allocation, no FUA). Buffered writes through io_uring are handed to a kernel worker
+ * (ext4 cannot do them without blocking); many of them go together, though.
+ */
+static int start_io(void *ctx, struct ublk_queue *q, int tag, const struct ublk_io_desc *iod)
+{
+	struct ublk_device *d = ctx;
+	unsigned op = iod->op_flags & 0xff;
+	int write = op == UBLK_IO_OP_WRITE;
+	if ((op != UBLK_IO_OP_READ && !write) || d->debug_delay_ms ||
+	    (write && (iod->op_flags & UBLK_IO_F_FUA)))
+		return 0;
+	uint64_t t0 = pl_now_ns();
+	struct pl_chain *c = gate_enter(d, q);
+	if (!c)
+		return UBLK_IO_RETRY;
+	uint64_t off = iod->start_sector << 9;
+	uint32_t len = iod->nr_sectors << 9;
+	int fd;
+	uint64_t host;
+	int r = 0;
+	if (pl_plan(c, off, len, write, &fd, &host) && (fd >= 0 || q->zero_copy))
+		r = ublk_queue_start_xfer(q, tag, write, fd, host, len);
+	if (r != UBLK_IO_ASYNC) {
+		gate_leave(d);
+		return 0; /* served by handle_io */
+	}
+	q->tags[tag].p = c;
+	q->tags[tag].t0 = t0;
+	return r;
+}
+
+static int finish_io(void *ctx, struct ublk_queue *q, int tag, const struct ublk_io_desc *iod,
+		     int res)
+{
+	struct ublk_device *d = ctx;
+	struct pl_chain *c = q->tags[tag].p;
+	int write = (iod->op_flags & 0xff) == UBLK_IO_OP_WRITE;
+	uint64_t off = iod->start_sector << 9;
+	uint32_t len = iod->nr_sectors << 9;
+	if (res >= 0 && (uint32_t)res != len) {
+		/* Short (a read past the end of the file): the whole request again, the usual way. */
+		struct zc_req z = { q, tag };
+		struct pl_data data = { ublk_queue_buf(q, tag), zc_xfer, zc_zero, &z };
+		res = write ? pl_write_via(c, &data, off, len, 0) : pl_read_via(c, &data, off, len);
+		if (!res)
+			res = (int)len;
+	}
+	gate_leave(d);
+	pl_stats_record(&d->stats, write ? PL_OP_WRITE : PL_OP_READ, len, res < 0,
+			pl_now_ns() - q->tags[tag].t0);
+	return res;
 }
 
 /* ---- table ----------------------------------------------------------------------------- */
@@ -238,6 +306,8 @@ static int start_queues(struct ublk_device *d)
 		q->zero_copy = (d->info.flags & (UBLK_F_AUTO_BUF_REG | UBLK_F_USER_COPY)) ==
 			       (UBLK_F_AUTO_BUF_REG | UBLK_F_USER_COPY);
 		q->handler = handle_io;
+		q->start = start_io;
+		q->finish = finish_io;
 		q->ctx = d;
 		CPU_ZERO(&q->affinity);
 		q->has_affinity = ublk_ctrl_cmd(UBLK_NR_GET_QUEUE_AFFINITY, d->id, (uint64_t)i,
@@ -576,7 +646,7 @@ int dev_resume(struct ublk_device *d, struct pl_chain *new_chain)
 
 int dev_flush(struct ublk_device *d)
 {
-	struct pl_chain *c = gate_enter(d);
+	struct pl_chain *c = gate_enter(d, NULL);
 	int r = pl_flush(c);
 	gate_leave(d);
 	return r;
@@ -613,7 +683,7 @@ int64_t dev_merge_lower(struct ublk_device *d, int index)
 	prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0);
 	int64_t copied = 0;
 	for (uint32_t vc = 0;; vc++) {
-		struct pl_chain *c = gate_enter(d);
+		struct pl_chain *c = gate_enter(d, NULL);
 		int r;
 		if (d->chain_gen != gen)
 			r = -ECANCELED;

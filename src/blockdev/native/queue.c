@@ -20,6 +20,8 @@ static size_t round_page(size_t n)
 
 /* user_data of a transfer: this bit, the transfer's sequence number above bit 16, the tag. */
 #define XFER_BIT (1ULL << 63)
+/* user_data of an asynchronous request's transfer: this bit and the tag. */
+#define ASYNC_BIT (1ULL << 62)
 
 static struct io_uring_sqe *get_sqe(struct ublk_queue *q)
 {
@@ -69,6 +71,14 @@ static void reap(struct ublk_queue *q)
 				q->xfer_done = 1;
 				q->xfer_res = cqe->res;
 			}
+			continue;
+		}
+		if (cqe->user_data & ASYNC_BIT) {
+			/* A tag has either its command or one such transfer in flight. */
+			int slot = (q->done_head + q->done_count) % q->depth;
+			q->done[slot].user_data = cqe->user_data & 0xffff;
+			q->done[slot].res = cqe->res;
+			q->done_count++;
 			continue;
 		}
 		/* Each tag has one command in flight, so depth slots always suffice. */
@@ -185,6 +195,38 @@ int ublk_queue_xfer(struct ublk_queue *q, int tag, int write, int fd, uint64_t o
 	return 0;
 }
 
+uint8_t *ublk_queue_buf(struct ublk_queue *q, int tag)
+{
+	return q->zero_copy ? NULL : q->bufs + (size_t)tag * q->buf_size;
+}
+
+int ublk_queue_start_xfer(struct ublk_queue *q, int tag, int write, int fd, uint64_t off,
+			  uint32_t len)
+{
+	if (fd < 0) {
+		if (!q->zero_copy)
+			return -EINVAL;
+		fd = q->zero_fd;
+		off = 0;
+	}
+	/* Never flushes the ring to make room: the caller serves the request itself instead. An
+	 * SQE taken is always filled in (a blank one would complete as a command for tag 0). */
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&q->ring);
+	if (!sqe)
+		return -EBUSY;
+	memset(sqe, 0, 128);
+	if (q->zero_copy && write)
+		io_uring_prep_write_fixed(sqe, fd, NULL, len, off, tag);
+	else if (q->zero_copy)
+		io_uring_prep_read_fixed(sqe, fd, NULL, len, off, tag);
+	else if (write)
+		io_uring_prep_write(sqe, fd, ublk_queue_buf(q, tag), len, off);
+	else
+		io_uring_prep_read(sqe, fd, ublk_queue_buf(q, tag), len, off);
+	sqe->user_data = ASYNC_BIT | (uint64_t)tag;
+	return UBLK_IO_ASYNC;
+}
+
 static void set_armed(struct ublk_queue *q, int v)
 {
 	pthread_mutex_lock(&q->mtx);
@@ -203,7 +245,10 @@ static int queue_setup(struct ublk_queue *q)
 		return -errno;
 	q->iods = m;
 	q->backlog = calloc((size_t)q->depth, sizeof(*q->backlog));
-	if (!q->backlog)
+	q->done = calloc((size_t)q->depth, sizeof(*q->done));
+	q->tags = calloc((size_t)q->depth, sizeof(*q->tags));
+	q->gone = calloc((size_t)q->depth, 1);
+	if (!q->backlog || !q->done || !q->tags || !q->gone)
 		return -ENOMEM;
 	if (!q->zero_copy) {
 		q->bufs_len = (size_t)q->depth * q->buf_size;
@@ -246,6 +291,57 @@ static int queue_setup(struct ublk_queue *q)
 	return 0;
 }
 
+/* Answers a request (COMMIT_AND_FETCH re-arms its tag). */
+static void commit(struct ublk_queue *q, int tag, int res)
+{
+	if (queue_cmd(q, UBLK_NR_IO_COMMIT_AND_FETCH_REQ, tag, res))
+		q->err = -EBUSY;
+	if (q->stopping && !q->gone[tag]) {
+		q->gone[tag] = 1;
+		q->live--;
+	}
+}
+
+/* Finishes and commits every asynchronous request whose transfer has completed. */
+static void finish_done(struct ublk_queue *q)
+{
+	while (q->done_count) {
+		struct ublk_cqe ev = q->done[q->done_head];
+		q->done_head = (q->done_head + 1) % q->depth;
+		q->done_count--;
+		int tag = (int)ev.user_data;
+		q->async_inflight--;
+		commit(q, tag, q->finish(q->ctx, q, tag, &q->iods[tag], ev.res));
+	}
+}
+
+/* Waits until every asynchronous request of this queue is finished. */
+static void drain_async(struct ublk_queue *q)
+{
+	while (q->async_inflight > 0) {
+		if (!q->done_count) {
+			int r = io_uring_submit_and_wait(&q->ring, 1);
+			if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY)
+				usleep(1000); /* unexpected: retry without spinning */
+			reap(q);
+		}
+		finish_done(q);
+	}
+}
+
+/* Starts a request: asynchronously when `start` takes it, else served here. */
+static int begin(struct ublk_queue *q, int tag)
+{
+	for (;;) {
+		int res = q->start ? q->start(q->ctx, q, tag, &q->iods[tag]) : 0;
+		if (res == 0)
+			res = serve(q, tag);
+		if (res != UBLK_IO_RETRY)
+			return res;
+		drain_async(q);
+	}
+}
+
 static void *queue_main(void *arg)
 {
 	struct ublk_queue *q = arg;
@@ -273,19 +369,19 @@ static void *queue_main(void *arg)
 	 * the ring goes), so such a tag counts as gone once committed. Waiting for its abort
 	 * would keep the thread (and a graceful hand-over) waiting forever.
 	 */
-	uint8_t *gone = calloc((size_t)q->depth, 1);
-	int live = q->depth;
-	int stopping = 0;
-	int err = gone ? 0 : -ENOMEM;
-	while (live > 0 && gone) {
-		if (!q->bl_count) {
+	q->live = q->depth;
+	q->stopping = 0;
+	q->err = 0;
+	while (q->live > 0) {
+		if (!q->bl_count && !q->done_count) {
 			r = io_uring_submit_and_wait(&q->ring, 1);
 			if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
-				err = r;
+				q->err = r;
 				break;
 			}
 			reap(q);
 		}
+		finish_done(q);
 		/* The handler may wait for transfers, which adds to the backlog as it goes. */
 		while (q->bl_count) {
 			struct ublk_cqe ev = q->backlog[q->bl_head];
@@ -295,32 +391,29 @@ static void *queue_main(void *arg)
 			if (tag < 0 || tag >= q->depth)
 				continue;
 			if (ev.res == UBLK_IO_RES_OK) {
-				int res = serve(q, tag);
-				if (queue_cmd(q, UBLK_NR_IO_COMMIT_AND_FETCH_REQ, tag, res))
-					err = -EBUSY;
-				if (stopping && !gone[tag]) {
-					gone[tag] = 1;
-					live--;
-				}
+				int res = begin(q, tag);
+				if (res == UBLK_IO_ASYNC)
+					q->async_inflight++;
+				else
+					commit(q, tag, res);
 			} else {
 				/* -ENODEV: aborted by STOP_DEV/QUIESCE_DEV; anything else is a protocol
 				 * error for this tag. Either way the tag is no longer ours. */
-				if (ev.res != UBLK_IO_RES_ABORT && !err)
-					err = ev.res;
-				stopping = 1;
-				if (!gone[tag]) {
-					gone[tag] = 1;
-					live--;
+				if (ev.res != UBLK_IO_RES_ABORT && !q->err)
+					q->err = ev.res;
+				q->stopping = 1;
+				if (!q->gone[tag]) {
+					q->gone[tag] = 1;
+					q->live--;
 				}
 			}
 		}
 	}
 	/* Commits queued in the last round still have to reach the kernel. */
 	io_uring_submit(&q->ring);
-	free(gone);
 	pthread_mutex_lock(&q->mtx);
 	q->exited = 1;
-	q->exit_error = err;
+	q->exit_error = q->err;
 	pthread_cond_broadcast(&q->cv);
 	pthread_mutex_unlock(&q->mtx);
 	return NULL;
@@ -338,6 +431,11 @@ int ublk_queue_start(struct ublk_queue *q)
 	q->small_buf = MAP_FAILED;
 	q->backlog = NULL;
 	q->bl_head = q->bl_count = 0;
+	q->done = NULL;
+	q->done_head = q->done_count = 0;
+	q->tags = NULL;
+	q->gone = NULL;
+	q->async_inflight = 0;
 	int r = pthread_create(&q->thread, NULL, queue_main, q);
 	if (r)
 		return -r;
@@ -383,4 +481,10 @@ void ublk_queue_join(struct ublk_queue *q)
 	}
 	free(q->backlog);
 	q->backlog = NULL;
+	free(q->done);
+	q->done = NULL;
+	free(q->tags);
+	q->tags = NULL;
+	free(q->gone);
+	q->gone = NULL;
 }

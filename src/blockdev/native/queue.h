@@ -7,6 +7,7 @@
 #ifndef PLOOP_UBLK_QUEUE_H
 #define PLOOP_UBLK_QUEUE_H
 
+#include <errno.h>
 #include <liburing.h>
 #include <pthread.h>
 #include <sched.h>
@@ -25,6 +26,29 @@ struct ublk_queue;
  * ublk_queue_xfer / ublk_queue_zero. */
 typedef int (*ublk_io_handler)(void *ctx, struct ublk_queue *q, int tag,
 			       const struct ublk_io_desc *iod, uint8_t *buf);
+
+/*
+ * Asynchronous requests. Before serving a READ or WRITE the queue offers it to `start`, which
+ * may begin a single transfer with ublk_queue_start_xfer and return UBLK_IO_ASYNC: the queue
+ * then goes on with other requests, and once the transfer completes calls `finish` with its
+ * result (bytes or -errno) and commits what that returns. Transfers of many requests are so
+ * submitted, and completed, with one system call. `start` returns 0 to have the request served
+ * by `handler` as usual, and either of them may return UBLK_IO_RETRY: the queue then lets all
+ * its transfers in flight finish first and offers the request again (a handler must not block
+ * while requests of its own queue wait to be finished).
+ */
+#define UBLK_IO_ASYNC (-EINPROGRESS)
+#define UBLK_IO_RETRY (-EALREADY)
+typedef int (*ublk_io_start)(void *ctx, struct ublk_queue *q, int tag,
+			     const struct ublk_io_desc *iod);
+typedef int (*ublk_io_finish)(void *ctx, struct ublk_queue *q, int tag,
+			      const struct ublk_io_desc *iod, int res);
+
+/* What `start` keeps for a request until `finish` (owned by the handler). */
+struct ublk_tag_state {
+	void *p;
+	uint64_t t0;
+};
 
 /* A CQE set aside while the queue thread waited for one of its own transfers. */
 struct ublk_cqe {
@@ -47,7 +71,11 @@ struct ublk_queue {
 	int zero_fd; /* /dev/zero: zero-fills READ data that maps nowhere (zero copy) */
 	uint8_t *small_buf; /* zero copy: READ/WRITE up to UBLK_SMALL_IO are served here (USER_COPY) */
 	ublk_io_handler handler;
+	ublk_io_start start;   /* optional */
+	ublk_io_finish finish; /* required with start */
 	void *ctx;
+	struct ublk_tag_state *tags; /* depth entries, for start/finish */
+	int async_inflight;          /* requests started by `start` and not yet finished */
 	cpu_set_t affinity; /* CPUs blk-mq maps to this queue (GET_QUEUE_AFFINITY) */
 	int has_affinity;
 
@@ -60,6 +88,13 @@ struct ublk_queue {
 	/* ublk completions reaped during a transfer wait, served next (at most one per tag) */
 	struct ublk_cqe *backlog;
 	int bl_head, bl_count;
+	/* completed asynchronous transfers, to be finished (at most one per tag) */
+	struct ublk_cqe *done;
+	int done_head, done_count;
+	/* tags no longer ours once stopping (see queue_main) */
+	uint8_t *gone;
+	int live, stopping;
+	int err; /* first unexpected ring/command error of the thread */
 	uint32_t xfer_seq; /* identifies the transfer being waited for */
 	int xfer_done, xfer_res;
 	pthread_t thread;
@@ -83,6 +118,15 @@ int ublk_queue_start(struct ublk_queue *q);
 int ublk_queue_xfer(struct ublk_queue *q, int tag, int write, int fd, uint64_t off, uint32_t boff,
 		    uint32_t len);
 int ublk_queue_zero(struct ublk_queue *q, int tag, uint32_t boff, uint32_t len);
+/*
+ * From `start` only: begins moving the whole request (write = request -> file) between its
+ * data and fd at off, or reading zeros when fd < 0 (zero copy only). Returns UBLK_IO_ASYNC,
+ * or -EBUSY when the ring has no room (the request is then served synchronously).
+ */
+int ublk_queue_start_xfer(struct ublk_queue *q, int tag, int write, int fd, uint64_t off,
+			  uint32_t len);
+/* The request's buffer in copy mode, NULL in zero-copy mode. */
+uint8_t *ublk_queue_buf(struct ublk_queue *q, int tag);
 
 /* Waits for the thread to leave (after STOP_DEV / QUIESCE_DEV aborted its tags) and frees the
  * ring, the descriptor mapping and the buffers. */
