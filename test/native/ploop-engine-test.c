@@ -39,8 +39,8 @@ static char dir[256];
 		exit(1);                                                                           \
 	} while (0)
 
-/* 0: requests with a buffer; 1: through pl_*_via without one; 2: as 1, but what pl_plan
- * accepts goes through one transfer */
+/* 0: requests with a buffer; 1: through pl_*_via without one; 2: as 1, but reads
+ * pl_plan_read accepts are one transfer */
 static int zero_copy;
 
 /* The zero-copy callbacks: arg is the request's memory (the kernel's pages, in the data path). */
@@ -70,7 +70,7 @@ static int zero_cb(void *arg, uint32_t boff, uint32_t len)
 	return 0;
 }
 
-/* Mode 2: what pl_plan accepts is moved with one plain transfer, as the queue's fast path does. */
+/* Mode 2: reads pl_plan_read accepts are one plain transfer, as in the queue's fast path. */
 static unsigned long planned_ios;
 
 static int t_read(struct pl_chain *c, uint8_t *b, uint64_t off, uint64_t len)
@@ -78,7 +78,7 @@ static int t_read(struct pl_chain *c, uint8_t *b, uint64_t off, uint64_t len)
 	struct pl_data dt = { NULL, xfer_cb, zero_cb, b };
 	int fd;
 	uint64_t host;
-	if (zero_copy == 2 && pl_plan(c, off, len, 0, &fd, &host)) {
+	if (zero_copy == 2 && pl_plan_read(c, off, len, &fd, &host)) {
 		planned_ios++;
 		return fd < 0 ? zero_cb(b, 0, (uint32_t)len) : xfer_cb(b, 0, fd, host, 0, (uint32_t)len);
 	}
@@ -88,14 +88,6 @@ static int t_read(struct pl_chain *c, uint8_t *b, uint64_t off, uint64_t len)
 static int t_write(struct pl_chain *c, const uint8_t *b, uint64_t off, uint64_t len, int fua)
 {
 	struct pl_data dt = { NULL, xfer_cb, zero_cb, (void *)b };
-	int fd;
-	uint64_t host;
-	if (zero_copy == 2 && !fua && pl_plan(c, off, len, 1, &fd, &host)) {
-		planned_ios++;
-		if (fd < 0)
-			FAIL("a write planned to no file at %llu", (unsigned long long)off);
-		return xfer_cb((void *)b, 1, fd, host, 0, (uint32_t)len);
-	}
 	return zero_copy ? pl_write_via(c, &dt, off, len, fua) : pl_write(c, b, off, len, fua);
 }
 

@@ -498,11 +498,10 @@ int pl_read_via(struct pl_chain *c, const struct pl_data *dt, uint64_t off, uint
 	return read_run_flush(dt, &run);
 }
 
-int pl_plan(struct pl_chain *c, uint64_t off, uint64_t len, int write, int *fd, uint64_t *host)
+int pl_plan_read(struct pl_chain *c, uint64_t off, uint64_t len, int *fd, uint64_t *host)
 {
-	if (!len || len > UINT32_MAX || (write && c->read_only))
+	if (!len || len > UINT32_MAX)
 		return 0;
-	struct pl_delta *top = top_of(c);
 	int run_fd = -2;
 	uint64_t run_host = 0, done = 0;
 	while (done < len) {
@@ -513,21 +512,9 @@ int pl_plan(struct pl_chain *c, uint64_t off, uint64_t len, int write, int *fd, 
 			n = len - done;
 		if (vcl > UINT32_MAX)
 			return 0;
-		uint32_t vc = (uint32_t)vcl;
 		uint64_t h = 0;
-		int f;
-		if (write) {
-			/* A hole left in the cluster must be filled first (write_segment does). */
-			if (vc >= top->nbat || sparse_test(c, vc))
-				return 0;
-			h = delta_map(c, top, vc);
-			if (h == NO_HOST)
-				return 0;
-			f = top->fd;
-		} else {
-			int i = locate(c, vc, c->ndeltas, &h);
-			f = i < 0 ? -1 : c->d[i].fd;
-		}
+		int i = locate(c, (uint32_t)vcl, c->ndeltas, &h);
+		int f = i < 0 ? -1 : c->d[i].fd;
 		h += in;
 		if (run_fd == -2) {
 			run_fd = f;

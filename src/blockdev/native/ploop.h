@@ -93,12 +93,11 @@ int pl_read_via(struct pl_chain *c, const struct pl_data *data, uint64_t off, ui
 int pl_write_via(struct pl_chain *c, const struct pl_data *data, uint64_t off, uint64_t len,
 		 int fua);
 /*
- * Whether [off, off+len) is one contiguous extent of one file that the queue can move with a
- * single transfer and nothing else: for a read, clusters contiguous in one delta (*fd, *host) or
- * mapped nowhere (*fd = -1); for a write, clusters the top maps already, contiguous, with no
- * hole to fill. 1 if so, else 0 (the request then goes through pl_read_via / pl_write_via).
+ * Whether a read of [off, off+len) is one contiguous extent of one file that the queue can move
+ * with a single transfer: clusters contiguous in one delta (*fd, *host) or mapped nowhere
+ * (*fd = -1). 1 if so, else 0 (the request then goes through pl_read_via).
  */
-int pl_plan(struct pl_chain *c, uint64_t off, uint64_t len, int write, int *fd, uint64_t *host);
+int pl_plan_read(struct pl_chain *c, uint64_t off, uint64_t len, int *fd, uint64_t *host);
 /* The same with the data in a buffer (copy mode). */
 int pl_read(struct pl_chain *c, uint8_t *buf, uint64_t off, uint64_t len);
 int pl_write(struct pl_chain *c, const uint8_t *buf, uint64_t off, uint64_t len, int fua);

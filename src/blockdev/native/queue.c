@@ -200,8 +200,7 @@ uint8_t *ublk_queue_buf(struct ublk_queue *q, int tag)
 	return q->zero_copy ? NULL : q->bufs + (size_t)tag * q->buf_size;
 }
 
-int ublk_queue_start_xfer(struct ublk_queue *q, int tag, int write, int fd, uint64_t off,
-			  uint32_t len)
+int ublk_queue_start_read(struct ublk_queue *q, int tag, int fd, uint64_t off, uint32_t len)
 {
 	if (fd < 0) {
 		if (!q->zero_copy)
@@ -215,12 +214,8 @@ int ublk_queue_start_xfer(struct ublk_queue *q, int tag, int write, int fd, uint
 	if (!sqe)
 		return -EBUSY;
 	memset(sqe, 0, 128);
-	if (q->zero_copy && write)
-		io_uring_prep_write_fixed(sqe, fd, NULL, len, off, tag);
-	else if (q->zero_copy)
+	if (q->zero_copy)
 		io_uring_prep_read_fixed(sqe, fd, NULL, len, off, tag);
-	else if (write)
-		io_uring_prep_write(sqe, fd, ublk_queue_buf(q, tag), len, off);
 	else
 		io_uring_prep_read(sqe, fd, ublk_queue_buf(q, tag), len, off);
 	sqe->user_data = ASYNC_BIT | (uint64_t)tag;

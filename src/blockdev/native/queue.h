@@ -28,7 +28,7 @@ typedef int (*ublk_io_handler)(void *ctx, struct ublk_queue *q, int tag,
 			       const struct ublk_io_desc *iod, uint8_t *buf);
 
 /*
- * Asynchronous requests. Before serving a READ or WRITE the queue offers it to `start`, which
+ * Asynchronous requests. Before serving a request the queue offers it to `start`, which
  * may begin a single transfer with ublk_queue_start_xfer and return UBLK_IO_ASYNC: the queue
  * then goes on with other requests, and once the transfer completes calls `finish` with its
  * result (bytes or -errno) and commits what that returns. Transfers of many requests are so
@@ -119,12 +119,11 @@ int ublk_queue_xfer(struct ublk_queue *q, int tag, int write, int fd, uint64_t o
 		    uint32_t len);
 int ublk_queue_zero(struct ublk_queue *q, int tag, uint32_t boff, uint32_t len);
 /*
- * From `start` only: begins moving the whole request (write = request -> file) between its
- * data and fd at off, or reading zeros when fd < 0 (zero copy only). Returns UBLK_IO_ASYNC,
- * or -EBUSY when the ring has no room (the request is then served synchronously).
+ * From `start` only: begins reading the whole request from fd at off, or zeros when fd < 0
+ * (zero copy only). Returns UBLK_IO_ASYNC, or -EBUSY when the ring has no room (the request is
+ * then served synchronously).
  */
-int ublk_queue_start_xfer(struct ublk_queue *q, int tag, int write, int fd, uint64_t off,
-			  uint32_t len);
+int ublk_queue_start_read(struct ublk_queue *q, int tag, int fd, uint64_t off, uint32_t len);
 /* The request's buffer in copy mode, NULL in zero-copy mode. */
 uint8_t *ublk_queue_buf(struct ublk_queue *q, int tag);
 
