@@ -81,6 +81,13 @@ static void reap(struct ublk_queue *q)
 			q->done_count++;
 			continue;
 		}
+		/*
+		 * An abort means the kernel has swept the idle fetches: from now on a request of
+		 * ours that is committed re-arms a fetch nobody sweeps, so it must count as gone
+		 * (see queue_main). Known before anything reaped with it is committed.
+		 */
+		if (cqe->res != UBLK_IO_RES_OK)
+			q->stopping = 1;
 		/* Each tag has one command in flight, so depth slots always suffice. */
 		int slot = (q->bl_head + q->bl_count) % q->depth;
 		q->backlog[slot].user_data = cqe->user_data;
@@ -365,7 +372,6 @@ static void *queue_main(void *arg)
 	 * would keep the thread (and a graceful hand-over) waiting forever.
 	 */
 	q->live = q->depth;
-	q->stopping = 0;
 	q->err = 0;
 	while (q->live > 0) {
 		if (!q->bl_count && !q->done_count) {
@@ -431,6 +437,7 @@ int ublk_queue_start(struct ublk_queue *q)
 	q->tags = NULL;
 	q->gone = NULL;
 	q->async_inflight = 0;
+	q->stopping = 0;
 	int r = pthread_create(&q->thread, NULL, queue_main, q);
 	if (r)
 		return -r;
