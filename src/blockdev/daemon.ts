@@ -26,6 +26,7 @@ import {
 import { promises as fsp } from 'node:fs';
 import * as native from './native.js';
 import { BlockdError } from './errors.js';
+import { KEEP_SCHEDULER, setIoScheduler } from './io-scheduler.js';
 import { DeviceRecord, DeviceTable } from './table.js';
 import {
   HandedChain,
@@ -43,6 +44,8 @@ export interface BlockdOptions {
   depth?: number;
   /** Zero copy for new devices where the kernel has it (default true). */
   zeroCopy?: boolean;
+  /** I/O scheduler for new devices (default `none`; `keep` leaves the kernel's default). */
+  ioScheduler?: string;
   log?: (msg: string, fields?: Record<string, unknown>) => void;
 }
 
@@ -202,6 +205,7 @@ export class Blockd {
           attachedAt: new Date().toISOString(),
         };
         await this.table.put(rec);
+        await this.applyScheduler(h.blockPath);
         this.log('attached', { devId: h.devId, target: t.path });
         return rec;
       } catch (err) {
@@ -212,6 +216,21 @@ export class Blockd {
         await chain.close();
       }
     });
+  }
+
+  /** Best effort: a disk that keeps the kernel's scheduler works, only slower. */
+  private async applyScheduler(blockPath: string): Promise<void> {
+    const name = this.opts.ioScheduler ?? 'none';
+    if (name === KEEP_SCHEDULER) return;
+    try {
+      await setIoScheduler(blockPath, name);
+    } catch (err) {
+      this.log('could not set the I/O scheduler', {
+        device: blockPath,
+        scheduler: name,
+        error: err instanceof Error ? err.message : String(err),
+      });
+    }
   }
 
   private record(device: string): DeviceRecord {

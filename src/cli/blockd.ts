@@ -1,10 +1,11 @@
 /** `ploop-csi blockd` (the device daemon) and `ploop-csi device …` (its client). */
 import { spawn } from 'node:child_process';
 import { constants as osConstants } from 'node:os';
-import { Command } from 'commander';
+import { Command, InvalidArgumentError } from 'commander';
 import { Blockd } from '../blockdev/daemon.js';
 import { serve } from '../blockdev/api.js';
 import { BlockdClient } from '../blockdev/client.js';
+import { validSchedulerName } from '../blockdev/io-scheduler.js';
 import { parseSize } from '../ploop/index.js';
 import { OutputOptions, print } from './output.js';
 
@@ -77,6 +78,15 @@ export function blockdCommand(): Command {
       '--no-zero-copy',
       'serve new devices in copy mode even where the kernel has zero copy (>= 6.16)',
     )
+    .option(
+      '--io-scheduler <name>',
+      'block-layer I/O scheduler for new devices ("keep" for the kernel default)',
+      (v: string) => {
+        if (!validSchedulerName(v)) throw new InvalidArgumentError('not a scheduler name');
+        return v;
+      },
+      'none',
+    )
     .action(
       async (o: {
         stateDir: string;
@@ -84,6 +94,7 @@ export function blockdCommand(): Command {
         queues: string;
         depth: string;
         zeroCopy: boolean;
+        ioScheduler: string;
       }) => {
         const status = await runInOwnMountNamespace();
         if (status !== null) {
@@ -98,6 +109,7 @@ export function blockdCommand(): Command {
           queues: Number(o.queues),
           depth: Number(o.depth),
           zeroCopy: o.zeroCopy,
+          ioScheduler: o.ioScheduler,
           log,
         });
         const p = d.probe();

@@ -210,6 +210,9 @@ async function phaseXfs(dd) {
       list.some((e) => e.blockPath === b && path.resolve(e.target) === path.resolve(dd)),
       `device list does not show ${b}: ${JSON.stringify(list)}`,
     );
+    // blockd selects no block-layer scheduler for its disks (the kernel would pick mq-deadline).
+    const sched = fs.readFileSync(`/sys/block/${path.basename(b)}/queue/scheduler`, 'utf8');
+    expect(/\[none\]/.test(sched), `I/O scheduler of ${b}: ${sched.trim()}`);
     sh('mkfs.xfs', ['-q', b]);
     fs.mkdirSync(mnt, { recursive: true });
     sh('mount', [b, mnt]);
