@@ -26,7 +26,7 @@ import {
 import { promises as fsp } from 'node:fs';
 import * as native from './native.js';
 import { BlockdError } from './errors.js';
-import { KEEP_SCHEDULER, setIoScheduler } from './io-scheduler.js';
+import { DEFAULT_SCHEDULER, KEEP_SCHEDULER, setIoScheduler } from './io-scheduler.js';
 import { DeviceRecord, DeviceTable } from './table.js';
 import {
   HandedChain,
@@ -220,7 +220,7 @@ export class Blockd {
 
   /** Best effort: a disk that keeps the kernel's scheduler works, only slower. */
   private async applyScheduler(blockPath: string): Promise<void> {
-    const name = this.opts.ioScheduler ?? 'none';
+    const name = this.opts.ioScheduler ?? DEFAULT_SCHEDULER;
     if (name === KEEP_SCHEDULER) return;
     try {
       await setIoScheduler(blockPath, name);

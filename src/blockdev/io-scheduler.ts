@@ -8,6 +8,8 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 
+/** What blockd selects unless told otherwise. */
+export const DEFAULT_SCHEDULER = 'none';
 /** `keep` leaves the kernel's choice alone. */
 export const KEEP_SCHEDULER = 'keep';
 
@@ -17,6 +19,10 @@ export function validSchedulerName(name: string): boolean {
   return NAME.test(name);
 }
 
+function schedulerFile(blockPath: string, sysfs: string): string {
+  return path.join(sysfs, path.basename(blockPath), 'queue', 'scheduler');
+}
+
 /** Selects `name` for the disk at `blockPath` (e.g. /dev/ublkb0); returns the file written. */
 export async function setIoScheduler(
   blockPath: string,
@@ -24,16 +30,13 @@ export async function setIoScheduler(
   sysfs = '/sys/block',
 ): Promise<string> {
   if (!validSchedulerName(name)) throw new RangeError(`invalid I/O scheduler name "${name}"`);
-  const file = path.join(sysfs, path.basename(blockPath), 'queue', 'scheduler');
+  const file = schedulerFile(blockPath, sysfs);
   await fsp.writeFile(file, name);
   return file;
 }
 
 /** The scheduler in effect (the bracketed entry of the sysfs file), or null. */
 export async function ioScheduler(blockPath: string, sysfs = '/sys/block'): Promise<string | null> {
-  const text = await fsp.readFile(
-    path.join(sysfs, path.basename(blockPath), 'queue', 'scheduler'),
-    'utf8',
-  );
+  const text = await fsp.readFile(schedulerFile(blockPath, sysfs), 'utf8');
   return /\[([^\]]+)\]/.exec(text)?.[1] ?? null;
 }

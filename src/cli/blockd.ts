@@ -5,7 +5,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { Blockd } from '../blockdev/daemon.js';
 import { serve } from '../blockdev/api.js';
 import { BlockdClient } from '../blockdev/client.js';
-import { validSchedulerName } from '../blockdev/io-scheduler.js';
+import { DEFAULT_SCHEDULER, validSchedulerName } from '../blockdev/io-scheduler.js';
 import { parseSize } from '../ploop/index.js';
 import { OutputOptions, print } from './output.js';
 
@@ -85,7 +85,7 @@ export function blockdCommand(): Command {
         if (!validSchedulerName(v)) throw new InvalidArgumentError('not a scheduler name');
         return v;
       },
-      'none',
+      DEFAULT_SCHEDULER,
     )
     .action(
       async (o: {
