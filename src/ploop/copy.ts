@@ -14,6 +14,7 @@
  * writes a BAT entry only after a sync that began once the cluster it points at was written).
  */
 import type { RandomAccessFile } from './io.js';
+import { settleAll } from './settle.js';
 
 export type Progress = (done: number, total: number) => void;
 
@@ -39,8 +40,7 @@ export async function writePieces(
   for (let off = 0; off < data.length; off += PIECE_BYTES) {
     writes.push(file.write(data.subarray(off, off + PIECE_BYTES), pos + off));
   }
-  const done = await Promise.allSettled(writes);
-  for (const r of done) if (r.status === 'rejected') throw r.reason;
+  await settleAll(writes);
 }
 
 /** After this many bytes written, a sync of the destination is started in the background. */
@@ -119,7 +119,6 @@ export class SyncBehind {
   }
 
   async drain(): Promise<void> {
-    const done = await Promise.allSettled(this.pending.splice(0));
-    for (const r of done) if (r.status === 'rejected') throw r.reason;
+    await settleAll(this.pending.splice(0));
   }
 }

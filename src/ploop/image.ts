@@ -23,6 +23,7 @@ import {
   virtualSize,
 } from './header.js';
 import { FileSystem, RandomAccessFile, closeInBackground, nodeFileSystem } from './io.js';
+import { settleAll } from './settle.js';
 
 /** ploop's reserved in-kernel marker; never a valid entry. */
 export const BAT_ENTRY_NONE = 0xffffffff;
@@ -91,8 +92,7 @@ async function writeEmptyBatArea(f: RandomAccessFile, h: Header): Promise<void> 
       off += z.length;
     }
   };
-  const done = await Promise.allSettled([f.write(head, 0), zeros()]);
-  for (const r of done) if (r.status === 'rejected') throw r.reason;
+  await settleAll([f.write(head, 0), zeros()]);
 }
 
 export class PloopImage {
@@ -489,10 +489,7 @@ export class PloopImage {
     // On failure the entries are written by the next flush instead (which throws first).
     own.catch(() => indices.forEach((i) => this.pendingBat.add(i)));
     // Settles once the earlier ones have too, so `behind` covers every run still in flight.
-    const run = Promise.allSettled([own, this.behind]).then(([a, b]) => {
-      if (a.status === 'rejected') throw a.reason;
-      if (b.status === 'rejected') throw b.reason;
-    });
+    const run = settleAll([own, this.behind]);
     run.catch(() => undefined);
     this.behind = run;
     return run;

@@ -22,6 +22,7 @@ import {
 import { PloopImage, readZeroFilled } from './image.js';
 import { Delta, RawImage, openDelta } from './chain.js';
 import { growImage } from './grow.js';
+import { settleAll } from './settle.js';
 import { Progress, READ_BYTES, SyncBehind, streamPieces, writePieces } from './copy.js';
 
 export interface MergeOptions {
@@ -92,8 +93,7 @@ export async function mergeChildInto(
       await unlinkQuietly(fs, childFile);
     }
   };
-  const done = await Promise.allSettled([parent.close(), removeChild()]);
-  for (const r of done) if (r.status === 'rejected') throw r.reason;
+  await settleAll([parent.close(), removeChild()]);
   return d;
 }
 
