@@ -7,7 +7,7 @@
 #   bench/vm.sh [--json]     needs root or sudo and the Debian archive (as scripts/test-vm.sh)
 #
 # Environment: PLOOP_CSI_BENCH_VM_KERNEL (default 7), PLOOP_CSI_BENCH_VM_SIZE (384M),
-# PLOOP_CSI_BENCH_VM_RUNTIME (seconds per random row, 10), PLOOP_CSI_BENCH_VM_QUEUES (ublk
+# PLOOP_CSI_BENCH_VM_RUNTIME (seconds per pass of a random row, 5), PLOOP_CSI_BENCH_VM_QUEUES (ublk
 # queues per device, 1), PLOOP_CSI_SKIP_BUILD=1. The VM gets no environment from here: the
 # settings travel in bench.env in the results share.
 set -euo pipefail

@@ -1,6 +1,7 @@
 // Prints the VM benchmark (bench/vm/fio.sh) as a table per fio row: ploop/ublk with the default
 // data path (zero copy where the kernel has it) and in copy mode, against the kernel loop device.
-// A row run in several passes is averaged per device.
+// A row run in several passes is averaged per device; the ratio of each pass (ublk against the
+// loop run next to it) is shown as a range, which says how much the emulated VM's speed moved.
 //   node bench/vm/report.mjs RESULTS_DIR ACCEL JSON(0|1)
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -49,6 +50,9 @@ for (const [name, label, dirn, metric] of ROWS) {
   const p99 = (js) => mean(js.map((j) => j[dirn].clat_ns?.percentile?.['99.000000'] / 1e3));
   const loop = val(runs.loop);
   const ratio = val(runs.ublk) / loop;
+  const perPass = runs.ublk
+    .map((j, i) => (runs.loop[i] ? val([j]) / val([runs.loop[i]]) : null))
+    .filter((x) => x !== null);
   rows.push({
     name,
     label,
@@ -58,6 +62,7 @@ for (const [name, label, dirn, metric] of ROWS) {
     copy: runs.copy.length ? val(runs.copy) : null,
     loop,
     ratio,
+    passRatios: { min: Math.min(...perPass), max: Math.max(...perPass) },
     copyRatio: runs.copy.length ? val(runs.copy) / loop : null,
     p99UsUblk: p99(runs.ublk),
     p99UsLoop: p99(runs.loop),
@@ -74,7 +79,7 @@ if (asJson === '1') {
   const label = emulated ? 'EMULATED (qemu TCG): compare the ratios, not the figures' : 'KVM';
   const lines = [
     `fio in a VM, ${label}; ploop/ublk data path: ${dataPath}`,
-    `${'row'.padEnd(28)}${'ploop/ublk'.padStart(11)}${'copy mode'.padStart(11)}${'loop'.padStart(11)}  unit   ratio  copy  p99 µs ublk/loop`,
+    `${'row'.padEnd(28)}${'ploop/ublk'.padStart(11)}${'copy mode'.padStart(11)}${'loop'.padStart(11)}  unit   ratio (passes)    copy  p99 µs ublk/loop`,
   ];
   const f = (n) => (n === null ? '-' : n >= 100 ? n.toFixed(0) : n.toFixed(1)).padStart(11);
   for (const r of rows) {
@@ -84,7 +89,8 @@ if (asJson === '1') {
     }
     lines.push(
       `${r.label.padEnd(28)}${f(r.ublk)}${f(r.copy)}${f(r.loop)}  ${r.unit.padEnd(5)}` +
-        `${r.ratio.toFixed(2).padStart(6)}${(r.copyRatio === null ? '-' : r.copyRatio.toFixed(2)).padStart(6)}` +
+        `${r.ratio.toFixed(2).padStart(6)} ${`(${r.passRatios.min.toFixed(2)}–${r.passRatios.max.toFixed(2)})`.padEnd(11)}` +
+        `${(r.copyRatio === null ? '-' : r.copyRatio.toFixed(2)).padStart(6)}` +
         `  ${Math.round(r.p99UsUblk)}/${Math.round(r.p99UsLoop)}${r.meetsGoal ? '' : `  (goal ≥ ${GOAL})`}`,
     );
   }
