@@ -2,8 +2,9 @@
 # Prepare a Debian/Ubuntu machine to run the test suite:
 #   1. system tools used by the interop tests (qemu-img/qemu-io, ploop, fallocate, xxd, python3)
 #      and what the native engine builds with (liburing-dev, g++, make), and the file system
-#      tools the node-side tests run on loop devices (e2fsprogs, xfsprogs, util-linux),
-#      installed with apt-get only when one of them is missing;
+#      tools the node-side tests run on loop devices (e2fsprogs, xfsprogs, util-linux), and the
+#      shell script linter `npm run lint` runs (ShellCheck), installed with apt-get only when one
+#      of them is missing;
 #   2. the npm dependencies of the project.
 # Safe to run repeatedly. Runs apt-get directly as root, through sudo otherwise.
 set -euo pipefail
@@ -14,8 +15,8 @@ export DEBIAN_FRONTEND=noninteractive
 # ploop installs into /usr/sbin, which is not on every user's PATH.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
-packages=(qemu-utils ploop util-linux e2fsprogs xfsprogs xxd python3 liburing-dev g++ make)
-tools=(qemu-img qemu-io ploop fallocate losetup mkfs.ext4 mkfs.xfs xfs_growfs xxd python3 g++ make)
+packages=(qemu-utils ploop util-linux e2fsprogs xfsprogs xxd python3 liburing-dev g++ make shellcheck)
+tools=(qemu-img qemu-io ploop fallocate losetup mkfs.ext4 mkfs.xfs xfs_growfs xxd python3 g++ make shellcheck)
 
 missing_tools() {
   local t

@@ -72,7 +72,7 @@ for p in "${pids[@]}"; do wait "$p" || true; done
 status=0
 for k in "${kernels[@]}"; do
   dir=$(realpath -m "$out/$k")
-  read -r rc secs <"$dir.outcome" 2>/dev/null || { rc=125; secs=?; }
+  read -r rc secs <"$dir.outcome" 2>/dev/null || { rc=125; secs="?"; }
   cat "$dir.harness.log" 2>/dev/null || true
   sed "s/^/   Linux $k: /" "$dir/suites.txt" 2>/dev/null || true
   if [ "$rc" -ne 0 ]; then

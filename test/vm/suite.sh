@@ -20,7 +20,7 @@ for s in ${PLOOP_CSI_VM_SUITES:-native-smoke data-path csi-node}; do
   echo "[suite] == $s: exit $r after ${secs}s"
   [ "$r" -eq 0 ] || rc=1
   # Whatever the suite left mounted or written goes before the next one starts.
-  grep -o " /tmp/$s[^ ]*" /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m"; done
+  grep -o " /tmp/${s}[^ ]*" /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m"; done
   rm -rf "/tmp/$s"
 done
 exit "$rc"

@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Sourced by the VM suites: vm_watchdog PID NAME &
 # When the kernel reports tasks blocked on I/O, records where every thread of the Node processes
 # is and what memory looks like (in $results/NAME-hang.txt), then kills PID and its children so
