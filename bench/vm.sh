@@ -7,9 +7,10 @@
 #   bench/vm.sh [--json]     needs root or sudo and the Debian archive (as scripts/test-vm.sh)
 #
 # Environment: PLOOP_CSI_BENCH_VM_KERNEL (default 7), PLOOP_CSI_BENCH_VM_SIZE (384M),
-# PLOOP_CSI_BENCH_VM_RUNTIME (seconds per pass of a random row, 5), PLOOP_CSI_BENCH_VM_QUEUES (ublk
-# queues per device, 1), PLOOP_CSI_SKIP_BUILD=1. The VM gets no environment from here: the
-# settings travel in bench.env in the results share.
+# PLOOP_CSI_BENCH_VM_RUNTIME (seconds per pass of a random row, 5), PLOOP_CSI_BENCH_VM_PASSES
+# (passes per row, 4), PLOOP_CSI_BENCH_VM_QUEUES (ublk queues per device, 1),
+# PLOOP_CSI_SKIP_BUILD=1. The VM gets no environment from here: the settings travel in bench.env
+# in the results share.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
@@ -17,6 +18,9 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 json=0
 [ "${1:-}" = --json ] && json=1
 kernel=${PLOOP_CSI_BENCH_VM_KERNEL:-7}
+case ${PLOOP_CSI_BENCH_VM_PASSES:-4} in
+  '' | *[!0-9]* | 0) echo "bench/vm.sh: PLOOP_CSI_BENCH_VM_PASSES must be a whole number ≥ 1" >&2; exit 2 ;;
+esac
 out=$(realpath -m .cache/vm/bench)
 
 if ! command -v fio >/dev/null 2>&1; then
@@ -31,7 +35,7 @@ if [ "${PLOOP_CSI_SKIP_BUILD:-0}" != 1 ]; then
   npm run build:native >&2
 fi
 rm -rf "$out" && mkdir -p "$out"
-for v in SIZE RUNTIME QUEUES; do
+for v in SIZE RUNTIME PASSES QUEUES; do
   name=PLOOP_CSI_BENCH_VM_$v
   [ -z "${!name:-}" ] || printf '%s=%q\n' "$name" "${!name}" >>"$out/bench.env"
 done

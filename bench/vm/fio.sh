@@ -6,9 +6,9 @@
 # read at queue depth 32 (direct I/O, libaio). The backing files start empty, so the sequential
 # write also allocates (ploop clusters; ext4 blocks for the raw file), each of its passes on new
 # backing files; the other rows then run over fully allocated data. Every row runs in four
-# passes that alternate the device order, so that drift in the emulated VM's speed (it moves by
-# half from one pass to the next) weighs on every device alike. Results: fio JSON per row,
-# device and pass in the results share.
+# passes (PLOOP_CSI_BENCH_VM_PASSES) that alternate the device order, so that drift in the
+# emulated VM's speed (it moves by half from one pass to the next) weighs on every device
+# alike. Results: fio JSON per row, device and pass in the results share.
 set -u
 guest_name=bench
 # shellcheck source=test/vm/guest.sh
@@ -17,6 +17,7 @@ guest_name=bench
 [ -f "$results/bench.env" ] && . "$results/bench.env"
 size=${PLOOP_CSI_BENCH_VM_SIZE:-384M}
 runtime=${PLOOP_CSI_BENCH_VM_RUNTIME:-5}
+passes=${PLOOP_CSI_BENCH_VM_PASSES:-4}
 cli() { node "$repo/dist/src/cli/main.js" "$@"; }
 
 command -v fio >/dev/null || { say "fio is not installed on the host"; exit 1; }
@@ -97,7 +98,6 @@ pass() { # NAME PASS FIO-ARGS...: odd passes in device order, even ones in rever
     run "$name" "$p" ublk "$ublk" "$@"
   fi
 }
-passes=4
 row() { # NAME FIO-ARGS...: the passes over the data as it is
   row_name=$1
   shift
