@@ -28,6 +28,18 @@ guest_need_build
 guest_pool 1600M
 guest_shared_mounts
 
+# The first write to a guest page makes the host allocate it, which under emulation costs more
+# than the write: whichever device ran first paid for most of the VM's memory (a third of the
+# rate in one run). Touching the free memory once first leaves every device the same. Before
+# anything is attached: the touch makes the kernel reclaim page cache, and done after attaching
+# it left ublk's first pass with one 0.3-0.5 s stall, most likely blockd's code pages being read
+# back over the VM's 9p root.
+free_kb=$(awk '/MemAvailable/ { print $2 }' /proc/meminfo)
+t=$(now)
+node -e 'const b = []; for (let i = 0; i < +process.argv[1]; i++) b.push(Buffer.alloc(64 << 20, 1));' \
+  "$((free_kb * 8 / 10 / 1024 / 64))" || say "warning: could not touch the free memory first"
+say "touched $((free_kb * 8 / 10 / 1024)) MiB of memory in $(since "$t") s"
+
 start_blockd() { # NAME BLOCKD-ARGS...: starts a blockd on $work/NAME.sock
   name=$1
   shift
@@ -62,15 +74,6 @@ fresh
 cli device list --socket "$work/blockd.sock" --json >"$results/bench-devices.json" 2>/dev/null
 cli device list --socket "$work/blockd-copy.sock" --json >"$results/bench-devices-copy.json" 2>/dev/null
 say "kernel $(uname -r); ploop/ublk $ublk, in copy mode $copy, loop $loop ($size each); fio $(fio --version)"
-
-# The first write to a guest page makes the host allocate it, which under emulation costs more
-# than the write: whichever device ran first paid for most of the VM's memory (a third of the
-# rate in one run). Touching the free memory once first leaves every device the same.
-free_kb=$(awk '/MemAvailable/ { print $2 }' /proc/meminfo)
-t=$(now)
-node -e 'const b = []; for (let i = 0; i < +process.argv[1]; i++) b.push(Buffer.alloc(64 << 20, 1));' \
-  "$((free_kb * 8 / 10 / 1024 / 64))" || say "warning: could not touch the free memory first"
-say "touched $((free_kb * 8 / 10 / 1024)) MiB of memory in $(since "$t") s"
 
 rc=0
 run() { # NAME PASS KIND DEVICE FIO-ARGS...
