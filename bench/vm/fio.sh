@@ -101,27 +101,23 @@ pass() { # NAME PASS FIO-ARGS...: odd passes in device order, even ones in rever
     run "$name" "$p" ublk "$ublk" "$@"
   fi
 }
-row() { # NAME FIO-ARGS...: the passes over the data as it is
-  row_name=$1
-  shift
+row() { # NAME FRESH FIO-ARGS...: the passes of a row, each on new backing files when FRESH=1
+  row_name=$1 row_fresh=$2
+  shift 2
   p=1
   while [ "$p" -le "$passes" ]; do
+    [ "$row_fresh" -eq 0 ] || [ "$p" -eq 1 ] || fresh
     pass "$row_name" "$p" "$@"
     p=$((p + 1))
   done
   say "$row_name done"
 }
-# Allocating, so each pass starts from empty files.
-p=1
-while [ "$p" -le "$passes" ]; do
-  [ "$p" -eq 1 ] || fresh
-  pass seq-write-1m "$p" --rw=write --bs=1M --iodepth=8 --size="$size"
-  p=$((p + 1))
-done
-say "seq-write-1m done"
-row seq-read-1m --rw=read --bs=1M --iodepth=8 --size="$size"
-row rand-write-4k --rw=randwrite --bs=4k --iodepth=32 --time_based --runtime="$runtime" --size="$size"
-row rand-read-4k --rw=randread --bs=4k --iodepth=32 --time_based --runtime="$runtime" --size="$size"
+# The sequential write allocates, so each of its passes starts from empty files; the other rows
+# run over the data it left.
+row seq-write-1m 1 --rw=write --bs=1M --iodepth=8 --size="$size"
+row seq-read-1m 0 --rw=read --bs=1M --iodepth=8 --size="$size"
+row rand-write-4k 0 --rw=randwrite --bs=4k --iodepth=32 --time_based --runtime="$runtime" --size="$size"
+row rand-read-4k 0 --rw=randread --bs=4k --iodepth=32 --time_based --runtime="$runtime" --size="$size"
 
 cli device detach "$ublk" --socket "$work/blockd.sock" >/dev/null || rc=1
 cli device detach "$copy" --socket "$work/blockd-copy.sock" >/dev/null || rc=1
