@@ -56,11 +56,14 @@ queues=${PLOOP_CSI_BENCH_VM_QUEUES:-1}
 start_blockd blockd --queues "$queues"
 start_blockd blockd-copy --queues "$queues" --no-zero-copy
 ublk='' copy='' loop=''
+release() { # detaches the three devices; fails when a detach does
+  cli device detach "$ublk" --socket "$work/blockd.sock" >/dev/null &&
+    cli device detach "$copy" --socket "$work/blockd-copy.sock" >/dev/null &&
+    losetup -d "$loop"
+}
 fresh() { # new, empty backing files for the three devices
   if [ -n "$ublk" ]; then
-    cli device detach "$ublk" --socket "$work/blockd.sock" >/dev/null || exit 1
-    cli device detach "$copy" --socket "$work/blockd-copy.sock" >/dev/null || exit 1
-    losetup -d "$loop"
+    release || exit 1
     rm -rf "$work/pool/vol" "$work/pool/volc" "$work/pool/raw.img"
   fi
   cli image create "$work/pool/vol/DiskDescriptor.xml" --size "$size" >/dev/null || exit 1
@@ -119,9 +122,7 @@ row seq-read-1m 0 --rw=read --bs=1M --iodepth=8 --size="$size"
 row rand-write-4k 0 --rw=randwrite --bs=4k --iodepth=32 --time_based --runtime="$runtime" --size="$size"
 row rand-read-4k 0 --rw=randread --bs=4k --iodepth=32 --time_based --runtime="$runtime" --size="$size"
 
-cli device detach "$ublk" --socket "$work/blockd.sock" >/dev/null || rc=1
-cli device detach "$copy" --socket "$work/blockd-copy.sock" >/dev/null || rc=1
-losetup -d "$loop"
+release || rc=1
 pkill -TERM -f "cli/main.js blockd"
 wait
 for v in vol volc; do
