@@ -44,6 +44,12 @@ export interface BlockdOptions {
   depth?: number;
   /** Zero copy for new devices where the kernel has it (default true). */
   zeroCopy?: boolean;
+  /**
+   * Reads over 128 KiB bypass the images' page cache (default true): the file system on the
+   * device caches them already, and one stream of cache-missing reads side by side is what the
+   * kernel's readahead handles worst.
+   */
+  directRead?: boolean;
   /** I/O scheduler for new devices (default `none`; `keep` leaves the kernel's default). */
   ioScheduler?: string;
   log?: (msg: string, fields?: Record<string, unknown>) => void;
@@ -150,7 +156,11 @@ export class Blockd {
     if (info.state === 'quiesced' || info.state === 'fail-io') {
       const chain = await openLive(r.target);
       try {
-        await native.recoverDevice(r.devId, { deltas: chain.deltas, sizeBytes: chain.sizeBytes });
+        await native.recoverDevice(r.devId, {
+          deltas: chain.deltas,
+          sizeBytes: chain.sizeBytes,
+          directRead: this.opts.directRead ?? true,
+        });
       } finally {
         await chain.close();
       }
@@ -196,6 +206,7 @@ export class Blockd {
           queues: this.opts.queues ?? 1,
           depth: this.opts.depth ?? 64,
           zeroCopy: this.opts.zeroCopy ?? true,
+          directRead: this.opts.directRead ?? true,
         });
         const rec: DeviceRecord = {
           devId: h.devId,

@@ -59,6 +59,11 @@ export interface DeviceConfig {
    * created with.
    */
   zeroCopy?: boolean;
+  /**
+   * Reads larger than 128 KiB bypass the backing files' page cache (O_DIRECT) where the file
+   * system allows it. Default true.
+   */
+  directRead?: boolean;
   /** Ask for a device number; by default the kernel picks one. */
   devId?: number;
   /** Serve the chain read-only (no writable top needed). */
@@ -72,6 +77,8 @@ export interface RecoverConfig {
   /** Informational; the kernel keeps the size the device had. */
   sizeBytes?: number | bigint;
   readOnly?: boolean;
+  /** As for a new device (a choice of this process, not of the kernel's device). */
+  directRead?: boolean;
   debugDelayMs?: number;
 }
 

@@ -79,6 +79,10 @@ export function blockdCommand(): Command {
       'serve new devices in copy mode even where the kernel has zero copy (>= 6.16)',
     )
     .option(
+      '--no-direct-read',
+      'serve reads over 128 KiB through the page cache of the image files too',
+    )
+    .option(
       '--io-scheduler <name>',
       'block-layer I/O scheduler for new devices ("keep" for the kernel default)',
       (v: string) => {
@@ -94,6 +98,7 @@ export function blockdCommand(): Command {
         queues: string;
         depth: string;
         zeroCopy: boolean;
+        directRead: boolean;
         ioScheduler: string;
       }) => {
         const status = await runInOwnMountNamespace();
@@ -109,6 +114,7 @@ export function blockdCommand(): Command {
           queues: Number(o.queues),
           depth: Number(o.depth),
           zeroCopy: o.zeroCopy,
+          directRead: o.directRead,
           ioScheduler: o.ioScheduler,
           log,
         });

@@ -27,7 +27,7 @@
 
 static struct pl_stats stats;
 static uint8_t model[SIZE];
-static uint8_t buf[4 * CLUSTER];
+static uint8_t buf[4 * CLUSTER] __attribute__((aligned(4096))); /* O_DIRECT-ready */
 static unsigned long checks;
 static char dir[256];
 
@@ -40,7 +40,7 @@ static char dir[256];
 	} while (0)
 
 /* 0: requests with a buffer; 1: through pl_*_via without one; 2: as 1, but reads
- * pl_plan_read accepts are one transfer */
+ * pl_plan_read accepts are one transfer; 3: as 2, through the O_DIRECT twin where aligned */
 static int zero_copy;
 
 /* The zero-copy callbacks: arg is the request's memory (the kernel's pages, in the data path). */
@@ -70,16 +70,24 @@ static int zero_cb(void *arg, uint32_t boff, uint32_t len)
 	return 0;
 }
 
-/* Mode 2: reads pl_plan_read accepts are one plain transfer, as in the queue's fast path. */
-static unsigned long planned_ios;
+/* Modes 2-3: reads pl_plan_read accepts are one plain transfer, as in the queue's fast path;
+ * in mode 3 direct where pl_direct_fd allows (the writes before them stay buffered). */
+static unsigned long planned_ios, direct_ios, direct_unavailable;
 
 static int t_read(struct pl_chain *c, uint8_t *b, uint64_t off, uint64_t len)
 {
 	struct pl_data dt = { NULL, xfer_cb, zero_cb, b };
 	int fd;
 	uint64_t host;
-	if (zero_copy == 2 && pl_plan_read(c, off, len, &fd, &host)) {
+	if (zero_copy >= 2 && pl_plan_read(c, off, len, &fd, &host)) {
 		planned_ios++;
+		int dfd = zero_copy == 3 ? pl_direct_fd(c, fd, host, len) : -1;
+		if (zero_copy == 3 && fd >= 0 && c->d[0].dfd < 0)
+			direct_unavailable++;
+		if (dfd >= 0) {
+			direct_ios++;
+			fd = dfd;
+		}
 		return fd < 0 ? zero_cb(b, 0, (uint32_t)len) : xfer_cb(b, 0, fd, host, 0, (uint32_t)len);
 	}
 	return zero_copy ? pl_read_via(c, &dt, off, len) : pl_read(c, b, off, len);
@@ -184,7 +192,7 @@ static void check_file(const char *path, int version)
 
 static void verify(struct pl_chain *c, const char *when)
 {
-	static uint8_t got[SIZE];
+	static uint8_t got[SIZE] __attribute__((aligned(4096)));
 	int r = t_read(c, got, 0, SIZE);
 	if (r)
 		FAIL("%s: read: %s", when, strerror(-r));
@@ -223,7 +231,7 @@ static void random_op(struct pl_chain *c)
 			/* A hint: each whole cluster reads as before or as zeros (zeros where only the top
 			 * held it); nothing else changes. */
 			uint64_t a = (off + CLUSTER - 1) / CLUSTER * CLUSTER, b = (off + len) / CLUSTER * CLUSTER;
-			static uint8_t got[CLUSTER];
+			static uint8_t got[CLUSTER] __attribute__((aligned(4096)));
 			for (uint64_t p = a; !r && p < b; p += CLUSTER) {
 				if ((r = t_read(c, got, p, CLUSTER)))
 					break;
@@ -410,7 +418,7 @@ int main(int argc, char **argv)
 {
 	snprintf(dir, sizeof(dir), "%s", argc > 1 ? argv[1] : "/tmp");
 	unsigned seeds = argc > 2 ? (unsigned)atoi(argv[2]) : 4;
-	for (zero_copy = 0; zero_copy <= 2; zero_copy++) {
+	for (zero_copy = 0; zero_copy <= 3; zero_copy++) {
 		for (unsigned s = 1; s <= seeds; s++) {
 			for (int v = 1; v <= 2; v++) {
 				run(v, 0, s * 7 + (unsigned)v);
@@ -430,6 +438,12 @@ int main(int argc, char **argv)
 	if (!planned_ios)
 		FAIL("no request took the single-transfer path");
 	printf("%lu requests took the single-transfer path\n", planned_ios);
-	printf("%u passed, 0 failed\n", 3 * (seeds * 4 + 4));
+	if (direct_unavailable)
+		printf("direct reads not tested: %s has no O_DIRECT\n", dir);
+	else if (!direct_ios)
+		FAIL("no read went through the O_DIRECT descriptor");
+	else
+		printf("%lu of them read with O_DIRECT\n", direct_ios);
+	printf("%u passed, 0 failed\n", 4 * (seeds * 4 + 4));
 	return 0;
 }

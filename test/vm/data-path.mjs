@@ -13,6 +13,8 @@
 //   M  online snapshot, then online merge of it into the live top while a writer keeps writing
 //   S  online snapshot of a raw device under synchronous writes: the snapshot holds exactly a
 //      prefix of the writes, at least those acknowledged before it began
+//   D  reads over 128 KiB bypass the image's page cache, smaller ones fill it; a large read
+//      right after a write (still dirty in the image's cache) returns what was written
 //   R  blockd stopped with SIGTERM (hand-over), then killed with SIGKILL, each during an O_DIRECT
 //      write of 32 MiB; a new blockd recovers the device; the writer sees no error; xfs_repair
 //      finds nothing
@@ -477,6 +479,57 @@ async function phaseSnapshotUnderWrites() {
   });
 }
 
+/** Bytes of `file` in the page cache (util-linux fincore). */
+function cachedBytes(file) {
+  const out = sh('fincore', ['--bytes', '--noheadings', '--output', 'RES', file]).stdout;
+  return Number(out.trim());
+}
+
+async function phaseDirectRead() {
+  const dd3 = path.join(pool, 'direct', 'DiskDescriptor.xml');
+  const size = 16 * M;
+  await step('D: large reads bypass the image page cache and see the latest write', async () => {
+    await cli(['image', 'create', dd3, '--size', '64M']);
+    const b3 = JSON.parse((await dev(['attach', dd3, '--json'])).stdout).blockPath;
+    const { top } = await infoOf(dd3);
+    const src = path.join(work, 'direct.src');
+    const back = path.join(work, 'direct.back');
+    const data = randomBytes(size);
+    fs.writeFileSync(src, data);
+    const ddCopy = (from, to, flags) =>
+      sh('dd', [`if=${from}`, `of=${to}`, `count=${size / M}`, 'status=none', ...flags]);
+    // No flush in between: the writes sit dirty in the image's page cache when read back.
+    ddCopy(src, b3, ['bs=1M', 'oflag=direct']);
+    ddCopy(b3, back, ['bs=1M', 'iflag=direct']);
+    expect(sha(fs.readFileSync(back)) === sha(data), 'a 1 MiB read right after the write differs');
+    dropCaches();
+    ddCopy(b3, back, ['bs=1M', 'iflag=direct']);
+    expect(sha(fs.readFileSync(back)) === sha(data), '1 MiB reads differ from what was written');
+    const afterLarge = cachedBytes(top);
+    expect(afterLarge < 2 * M, `1 MiB reads left ${afterLarge} bytes of the image in the cache`);
+    dropCaches();
+    sh('dd', [
+      `if=${b3}`,
+      `of=${back}`,
+      'bs=64K',
+      `count=${size / (64 * 1024)}`,
+      'iflag=direct',
+      'status=none',
+    ]);
+    expect(sha(fs.readFileSync(back)) === sha(data), '64 KiB reads differ from what was written');
+    const afterSmall = cachedBytes(top);
+    expect(
+      afterSmall >= size,
+      `64 KiB reads left only ${afterSmall} bytes of the image in the cache`,
+    );
+    log(`   image bytes cached: ${afterLarge} after 1 MiB reads, ${afterSmall} after 64 KiB reads`);
+    fs.rmSync(src);
+    fs.rmSync(back);
+    await dev(['detach', b3]);
+    await checkClean(dd3);
+  });
+}
+
 async function phaseCorrupt() {
   const cases = [
     ['bad signature', (fd) => fs.writeSync(fd, Buffer.from('NotAPloopImage!!'), 0, 16, 0)],
@@ -523,6 +576,7 @@ async function mainFlow() {
   b = await phaseGrow(dd, b);
   await phaseMerge(dd, b);
   await phaseSnapshotUnderWrites();
+  await phaseDirectRead();
   await phaseRestart(dd, b, 'SIGTERM');
   await phaseRestart(dd, b, 'SIGKILL');
   await step('unmount, xfs_repair -n, detach; images clean', async () => {

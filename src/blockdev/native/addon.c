@@ -237,7 +237,7 @@ static void execute(napi_env env, void *data)
 		if (w->kind == K_CREATE)
 			w->result = dev_create(w->dev, &w->cfg, w->chain, w->err, sizeof(w->err));
 		else
-			w->result = dev_recover(w->dev, w->dev_id, w->chain, w->cfg.debug_delay_ms, w->err,
+			w->result = dev_recover(w->dev, w->dev_id, w->chain, &w->cfg, w->err,
 						sizeof(w->err));
 		if (w->result < 0) {
 			dev_free_unattached(w->dev);
@@ -489,7 +489,7 @@ static napi_value js_probe(napi_env env, napi_callback_info info)
 }
 
 /* cfg: { deltas, sizeBytes, queues?, depth?, maxIoBytes?, devId?, readOnly?, zeroCopy?,
- *        debugDelayMs? } */
+ *        directRead?, debugDelayMs? } */
 static napi_value create_or_recover(napi_env env, napi_callback_info info, enum op_kind kind)
 {
 	size_t argc = 2;
@@ -531,6 +531,9 @@ static napi_value create_or_recover(napi_env env, napi_callback_info info, enum 
 	napi_value zv;
 	if (has_prop(env, cfgv, "zeroCopy", &zv))
 		prop_bool(env, cfgv, "zeroCopy", &zero_copy);
+	int direct_read = 1;
+	if (has_prop(env, cfgv, "directRead", &zv))
+		prop_bool(env, cfgv, "directRead", &direct_read);
 	napi_value deltas;
 	if (!has_prop(env, cfgv, "deltas", &deltas))
 		return throw_inval(env, "deltas is required");
@@ -566,6 +569,7 @@ static napi_value create_or_recover(napi_env env, napi_callback_info info, enum 
 	w->cfg.cluster = cluster;
 	w->cfg.read_only = read_only;
 	w->cfg.zero_copy = zero_copy;
+	w->cfg.direct_read = direct_read;
 	w->cfg.debug_delay_ms = (unsigned)delay;
 	return queue_work(env, w);
 }

@@ -23,6 +23,7 @@ struct dev_config {
 	uint16_t depth;
 	uint32_t max_io_bytes; /* per request; bounds max_sectors; 0 = default for the mode */
 	int zero_copy;         /* ask for UBLK_F_AUTO_BUF_REG when the kernel has it (>= 6.16) */
+	int direct_read;       /* large reads bypass the backing files' page cache (O_DIRECT) */
 	uint64_t size;         /* bytes */
 	uint32_t cluster;      /* io_opt and discard granularity */
 	int read_only;
@@ -36,6 +37,7 @@ struct ublk_device {
 	int nq;
 	struct ublk_queue *q;
 	int running; /* queues are serving */
+	int direct_read;
 	unsigned debug_delay_ms;
 
 	pthread_mutex_t op_mtx; /* one control operation at a time */
@@ -65,7 +67,7 @@ int dev_create(struct ublk_device *d, const struct dev_config *cfg, struct pl_ch
 	       char *err, size_t errlen);
 /* START/END_USER_RECOVERY of a device left by a dead (or quiesced) server. */
 int dev_recover(struct ublk_device *d, uint32_t dev_id, struct pl_chain *chain,
-		unsigned debug_delay_ms, char *err, size_t errlen);
+		const struct dev_config *cfg, char *err, size_t errlen);
 
 struct ublk_device *dev_get(uint32_t id);
 void dev_put(struct ublk_device *d);

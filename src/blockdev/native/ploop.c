@@ -304,7 +304,7 @@ int pl_chain_open(const struct pl_delta_config *cfg, int n, uint32_t cluster, ui
 		return -ENOMEM;
 	}
 	for (int i = 0; i < n; i++)
-		c->d[i].fd = -1;
+		c->d[i].fd = c->d[i].dfd = -1;
 	c->ndeltas = n;
 	c->cluster = cluster;
 	c->cluster_shift = (unsigned)__builtin_ctz(cluster);
@@ -341,6 +341,11 @@ int pl_chain_open(const struct pl_delta_config *cfg, int n, uint32_t cluster, ui
 			snprintf(err, errlen, "delta %d: fd %d: %s", i, dc->fd, strerror(errno));
 			break;
 		}
+		/* A second open file, not a dup: O_DIRECT belongs to the open file, not the
+		 * descriptor. Not every file system has direct I/O; reads then stay buffered. */
+		char self[64];
+		snprintf(self, sizeof(self), "/proc/self/fd/%d", d->fd);
+		d->dfd = open(self, O_RDONLY | O_DIRECT | O_CLOEXEC);
 		d->version = dc->version;
 		d->writable = dc->writable;
 		d->data_off = dc->data_off;
@@ -419,6 +424,8 @@ void pl_chain_close(struct pl_chain *c)
 	for (int i = 0; i < c->ndeltas; i++) {
 		if (c->d[i].fd >= 0)
 			close(c->d[i].fd);
+		if (c->d[i].dfd >= 0)
+			close(c->d[i].dfd);
 		free(c->d[i].bat);
 	}
 	if (c->scratch != MAP_FAILED)
@@ -527,6 +534,18 @@ int pl_plan_read(struct pl_chain *c, uint64_t off, uint64_t len, int *fd, uint64
 	*fd = run_fd;
 	*host = run_host;
 	return 1;
+}
+
+int pl_direct_fd(const struct pl_chain *c, int fd, uint64_t host, uint64_t len)
+{
+	/* 4 KiB: the largest logical block size a backing file system will ask for. A request the
+	 * file system still refuses (-EINVAL) is served again buffered by the caller. */
+	if (fd < 0 || ((host | len) & 4095))
+		return -1;
+	for (int i = 0; i < c->ndeltas; i++)
+		if (c->d[i].fd == fd)
+			return c->d[i].dfd;
+	return -1;
 }
 
 int pl_read(struct pl_chain *c, uint8_t *buf, uint64_t off, uint64_t len)

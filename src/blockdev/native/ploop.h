@@ -37,6 +37,7 @@ struct pl_delta_config {
 
 struct pl_delta {
 	int fd;
+	int dfd; /* the same file opened O_DIRECT (for large reads), or -1 where it cannot be */
 	int version;
 	uint64_t data_off;
 	uint32_t *bat;
@@ -98,6 +99,9 @@ int pl_write_via(struct pl_chain *c, const struct pl_data *data, uint64_t off, u
  * (*fd = -1). 1 if so, else 0 (the request then goes through pl_read_via).
  */
 int pl_plan_read(struct pl_chain *c, uint64_t off, uint64_t len, int *fd, uint64_t *host);
+/* The O_DIRECT twin of a delta's descriptor `fd` for a planned read of len bytes at host, or -1
+ * where there is none or the read is not aligned for direct I/O. */
+int pl_direct_fd(const struct pl_chain *c, int fd, uint64_t host, uint64_t len);
 /* The same with the data in a buffer (copy mode). */
 int pl_read(struct pl_chain *c, uint8_t *buf, uint64_t off, uint64_t len);
 int pl_write(struct pl_chain *c, const uint8_t *buf, uint64_t off, uint64_t len, int fua);
