@@ -128,11 +128,12 @@ static int handle_io(void *ctx, struct ublk_queue *q, int tag, const struct ublk
  * has one: the file system on the device caches what it reads itself, so the image's page cache
  * only held a second copy, and filling it cost the most where it was needed least: large reads
  * in flight side by side look random to the kernel's readahead, which then fills the cache one
- * 4 KiB page at a time (1 MiB reads at depth 8 ran 3-6x faster direct, in the benchmark VM).
- * A direct read of a range with dirty pages writes them back first (the kernel does so), so it
- * always sees the latest write. Writes are not served so: a buffered write through io_uring is handed to a kernel
- * worker thread (always on ext4, about half the time on XFS), and that hop measured no faster
- * than the queue thread's own pwrite (4 KiB random writes the same on ext4, no better on XFS).
+ * 4 KiB page at a time (1 MiB reads at depth 8: 2.5-3.5x loop's rate direct, 0.6-1.0 before,
+ * in the benchmark VM). The kernel writes dirty pages of the range back before a direct read,
+ * so it always sees the latest write. Writes are not served so: a buffered write through
+ * io_uring is handed to a kernel worker thread (always on ext4, about half the time on XFS),
+ * and that hop measured no faster than the queue thread's own pwrite (4 KiB random writes the
+ * same on ext4, no better on XFS).
  */
 static int start_io(void *ctx, struct ublk_queue *q, int tag, const struct ublk_io_desc *iod)
 {
