@@ -496,26 +496,20 @@ async function phaseDirectRead() {
     const back = path.join(work, 'direct.back');
     const data = randomBytes(size);
     fs.writeFileSync(src, data);
-    const ddCopy = (from, to, flags) =>
-      sh('dd', [`if=${from}`, `of=${to}`, `count=${size / M}`, 'status=none', ...flags]);
+    // `size` bytes in blocks of `bs`, with O_DIRECT on the device's side.
+    const ddCopy = (from, to, bs, flag) =>
+      sh('dd', [`if=${from}`, `of=${to}`, `bs=${bs}`, `count=${size / bs}`, 'status=none', flag]);
     // No flush in between: the writes sit dirty in the image's page cache when read back.
-    ddCopy(src, b3, ['bs=1M', 'oflag=direct']);
-    ddCopy(b3, back, ['bs=1M', 'iflag=direct']);
+    ddCopy(src, b3, M, 'oflag=direct');
+    ddCopy(b3, back, M, 'iflag=direct');
     expect(sha(fs.readFileSync(back)) === sha(data), 'a 1 MiB read right after the write differs');
     dropCaches();
-    ddCopy(b3, back, ['bs=1M', 'iflag=direct']);
+    ddCopy(b3, back, M, 'iflag=direct');
     expect(sha(fs.readFileSync(back)) === sha(data), '1 MiB reads differ from what was written');
     const afterLarge = cachedBytes(top);
     expect(afterLarge < 2 * M, `1 MiB reads left ${afterLarge} bytes of the image in the cache`);
     dropCaches();
-    sh('dd', [
-      `if=${b3}`,
-      `of=${back}`,
-      'bs=64K',
-      `count=${size / (64 * 1024)}`,
-      'iflag=direct',
-      'status=none',
-    ]);
+    ddCopy(b3, back, 64 * 1024, 'iflag=direct');
     expect(sha(fs.readFileSync(back)) === sha(data), '64 KiB reads differ from what was written');
     const afterSmall = cachedBytes(top);
     expect(
