@@ -144,7 +144,7 @@ fi
 
 # --- accelerator -------------------------------------------------------------------------------------
 qemu_cmd() { # ACCEL CMD RESULTS APPEND...
-  local accel=$1 cmd=$2 res=$3 cpu=max
+  local accel=$1 cmd=$2 res=$3 cpu=${PLOOP_CSI_VM_CPU:-max}
   shift 3
   [ "$accel" = kvm ] && cpu=host
   local accel_opt=$accel
@@ -200,6 +200,7 @@ log=$results/console.log
 run_vm() {
   local how=$accel
   [ "$accel" = tcg ] && how="tcg $tcg_thread-threaded"
+  [ "$accel" = tcg ] && how="$how, cpu ${PLOOP_CSI_VM_CPU:-max}"
   vm_log "booting $kver ($how, ${smp} CPUs, ${mem} MiB) to run $script; log: $log"
   start=$(date +%s.%N)
   set +e
