@@ -87,13 +87,33 @@ describe('VM benchmark report', () => {
   it('labels emulated runs and marks rows below the goal in the table', async () => {
     await put('rand-write-4k', 'ublk', 1, fioJson('write', { iops: 5000 }));
     await put('rand-write-4k', 'loop', 1, fioJson('write', { iops: 10000 }));
-    const { stdout } = await run(process.execPath, [report, dir, 'tcg', '0']);
-    expect(stdout).toContain('EMULATED (qemu TCG)');
+    const { stdout } = await run(process.execPath, [report, dir, 'tcg', '0', 'max,-erms']);
+    expect(stdout).toContain('EMULATED (qemu TCG, cpu max,-erms)');
     const line = stdout.split('\n').find((l) => l.startsWith('4 KiB random write'));
     expect(line).toMatch(/0\.50 \(0\.50–0\.50\)/);
     expect(line).toContain('(goal ≥ 0.8)');
 
-    const kvm = await run(process.execPath, [report, dir, 'kvm', '0']);
+    const kvm = await run(process.execPath, [report, dir, 'kvm', '0', 'host']);
     expect(kvm.stdout).not.toContain('EMULATED');
+  });
+
+  it("prints a 4 KiB user copy's price from the cached-read probe, when it ran", async () => {
+    await put('rand-read-4k', 'ublk', 1, fioJson('read', { iops: 9000 }));
+    await put('rand-read-4k', 'loop', 1, fioJson('read', { iops: 10000 }));
+    const without = await run(process.execPath, [report, dir, 'tcg', '1']);
+    expect((JSON.parse(without.stdout) as { copyProbe: unknown }).copyProbe).toBeNull();
+
+    // 4 KiB reads at 10 µs, 512 B at 3 µs: 7 µs for 3.5 KiB more, 8 µs per 4 KiB.
+    const probe = (us: number): string =>
+      JSON.stringify({ jobs: [{ read: { clat_ns: { mean: us * 1e3 } } }] });
+    await fsp.writeFile(path.join(dir, 'probe-copy-4k.json'), probe(10));
+    await fsp.writeFile(path.join(dir, 'probe-copy-512.json'), probe(3));
+    const json = await run(process.execPath, [report, dir, 'tcg', '1']);
+    const out = JSON.parse(json.stdout) as { copyProbe: { read4kUs: number; read512Us: number } };
+    expect(out.copyProbe).toEqual({ read4kUs: 10, read512Us: 3 });
+    const text = await run(process.execPath, [report, dir, 'tcg', '0']);
+    expect(text.stdout).toContain(
+      'a cached read takes 10.0 µs for 4 KiB, 3.0 µs for 512 B: about 8.0 µs per 4 KiB copied',
+    );
   });
 });
