@@ -143,8 +143,9 @@ if hidden_in_vm "$cwd"; then
 fi
 
 # --- accelerator -------------------------------------------------------------------------------------
+tcg_cpu=${PLOOP_CSI_VM_CPU:-max}
 qemu_cmd() { # ACCEL CMD RESULTS APPEND...
-  local accel=$1 cmd=$2 res=$3 cpu=${PLOOP_CSI_VM_CPU:-max}
+  local accel=$1 cmd=$2 res=$3 cpu=$tcg_cpu
   shift 3
   [ "$accel" = kvm ] && cpu=host
   local accel_opt=$accel
@@ -199,8 +200,7 @@ mapfile -d '' args < <(qemu_cmd "$accel" "$script" "$results" ${PLOOP_CSI_VM_APP
 log=$results/console.log
 run_vm() {
   local how=$accel
-  [ "$accel" = tcg ] && how="tcg $tcg_thread-threaded"
-  [ "$accel" = tcg ] && how="$how, cpu ${PLOOP_CSI_VM_CPU:-max}"
+  [ "$accel" = tcg ] && how="tcg $tcg_thread-threaded, cpu $tcg_cpu"
   vm_log "booting $kver ($how, ${smp} CPUs, ${mem} MiB) to run $script; log: $log"
   start=$(date +%s.%N)
   set +e
