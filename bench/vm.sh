@@ -47,8 +47,7 @@ for v in SIZE RUNTIME PASSES QUEUES; do
   name=PLOOP_CSI_BENCH_VM_$v
   [ -z "${!name:-}" ] || printf '%s=%q\n' "$name" "${!name}" >>"$out/bench.env"
 done
-cpu=${PLOOP_CSI_VM_CPU:-max,-erms}
-PLOOP_CSI_VM_CPU=$cpu PLOOP_CSI_VM_QUIET=1 PLOOP_CSI_VM_TIMEOUT=${PLOOP_CSI_VM_TIMEOUT:-1800} PLOOP_CSI_VM_MEM=${PLOOP_CSI_VM_MEM:-4096} \
+PLOOP_CSI_VM_CPU=${PLOOP_CSI_VM_CPU:-max,-erms} PLOOP_CSI_VM_QUIET=1 PLOOP_CSI_VM_TIMEOUT=${PLOOP_CSI_VM_TIMEOUT:-1800} PLOOP_CSI_VM_MEM=${PLOOP_CSI_VM_MEM:-4096} \
   test/vm/run-in-vm.sh "$kernel" bench/vm/fio.sh "$out" >"$out.harness.log" 2>&1 || {
   cat "$out.harness.log" >&2
   echo "bench/vm.sh: the VM benchmark failed; console: $out/console.log" >&2
@@ -57,5 +56,6 @@ PLOOP_CSI_VM_CPU=$cpu PLOOP_CSI_VM_QUIET=1 PLOOP_CSI_VM_TIMEOUT=${PLOOP_CSI_VM_T
 }
 cat "$out.harness.log" >&2
 accel=$(grep -o 'booting [^ ]* ([a-z]*' "$out.harness.log" | awk -F'(' '{ print $2 }' | tail -n 1)
-[ "${accel:-tcg}" = kvm ] && cpu=host
-node bench/vm/report.mjs "$out" "${accel:-tcg}" "$json" "$cpu"
+# The model that booted, as the harness names it (KVM runs name none: they use the host's).
+cpu=$(sed -n 's/.*, cpu \(.*\), [0-9]* CPUs, .*/\1/p' "$out.harness.log" | tail -n 1)
+node bench/vm/report.mjs "$out" "${accel:-tcg}" "$json" "${cpu:-host}"

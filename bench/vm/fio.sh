@@ -42,7 +42,7 @@ say "touched $((free_kb * 8 / 10 / 1024)) MiB of memory in $(since "$t") s"
 
 # The price of one 4 KiB copy between the kernel and user memory, which the ublk server pays for
 # every small request and loop does not: cached reads of 4 KiB against 512 B (report.mjs).
-dd if=/dev/urandom of="$work/pool/probe" bs=1M count=4 status=none && cat "$work/pool/probe" >/dev/null
+dd if=/dev/urandom of="$work/pool/probe" bs=1M count=4 status=none # written, so cached
 for bs in 4k 512; do
   fio --name=probe --filename="$work/pool/probe" --rw=randread --bs="$bs" --ioengine=psync --invalidate=0 \
     --time_based --runtime=2 --output-format=json --output="$results/probe-copy-$bs.json" >/dev/null 2>&1 ||
