@@ -9,6 +9,8 @@
 # Environment: PLOOP_CSI_BENCH_VM_KERNEL (default 7), PLOOP_CSI_BENCH_VM_SIZE (384M),
 # PLOOP_CSI_BENCH_VM_RUNTIME (seconds per pass of a random row, 5), PLOOP_CSI_BENCH_VM_PASSES
 # (passes per row, 4), PLOOP_CSI_BENCH_VM_QUEUES (ublk queues per device, 1),
+# PLOOP_CSI_BENCH_VM_FS (the pool's file system, holding the images and loop's raw file: ext4 or
+# xfs, default ext4),
 # PLOOP_CSI_SKIP_BUILD=1, PLOOP_CSI_VM_CPU (qemu's CPU model under TCG, default `max,-erms`, see
 # below). The VM gets no environment from here: the settings travel in bench.env in the results
 # share.
@@ -43,7 +45,7 @@ if [ "${PLOOP_CSI_SKIP_BUILD:-0}" != 1 ]; then
   npm run build:native >&2
 fi
 rm -rf "$out" && mkdir -p "$out"
-for v in SIZE RUNTIME PASSES QUEUES; do
+for v in SIZE RUNTIME PASSES QUEUES FS; do
   name=PLOOP_CSI_BENCH_VM_$v
   [ -z "${!name:-}" ] || printf '%s=%q\n' "$name" "${!name}" >>"$out/bench.env"
 done

@@ -18,6 +18,7 @@ guest_name=bench
 size=${PLOOP_CSI_BENCH_VM_SIZE:-384M}
 runtime=${PLOOP_CSI_BENCH_VM_RUNTIME:-5}
 passes=${PLOOP_CSI_BENCH_VM_PASSES:-4}
+pool_fs=${PLOOP_CSI_BENCH_VM_FS:-ext4}
 cli() { node "$repo/dist/src/cli/main.js" "$@"; }
 
 command -v fio >/dev/null || { say "fio is not installed on the host"; exit 1; }
@@ -25,7 +26,8 @@ command -v fio >/dev/null || { say "fio is not installed on the host"; exit 1; }
 guest_need_build
 # The pool is shared by every device; the VM's /tmp holds half its memory, so the three backing
 # files must fit in that.
-guest_pool 1600M
+guest_pool 1600M "$pool_fs"
+echo "$pool_fs" >"$results/bench-fs"
 guest_shared_mounts
 
 # The first write to a guest page makes the host allocate it, which under emulation costs more
@@ -86,7 +88,7 @@ fresh() { # new, empty backing files for the three devices
 fresh
 cli device list --socket "$work/blockd.sock" --json >"$results/bench-devices.json" 2>/dev/null
 cli device list --socket "$work/blockd-copy.sock" --json >"$results/bench-devices-copy.json" 2>/dev/null
-say "kernel $(uname -r); ploop/ublk $ublk, in copy mode $copy, loop $loop ($size each); fio $(fio --version)"
+say "kernel $(uname -r); ploop/ublk $ublk, in copy mode $copy, loop $loop ($size each, $pool_fs pool); fio $(fio --version)"
 
 rc=0
 run() { # NAME PASS KIND DEVICE FIO-ARGS...

@@ -29,12 +29,18 @@ guest_need_build() {
   done
 }
 
-# A fresh $work with an ext4 pool of the given size mounted on $work/pool.
+# A fresh $work with a pool of the given size mounted on $work/pool: an ext4 file system (or the
+# type given second: ext4 or xfs) on a loop device over a file in the VM's memory.
 guest_pool() {
+  pool_fs=${2:-ext4}
   rm -rf "$work" && mkdir -p "$work/pool" || exit 1
-  if ! { truncate -s "$1" "$work/pool.img" && mkfs.ext4 -q "$work/pool.img" &&
+  case $pool_fs in
+    ext4 | xfs) ;;
+    *) say "unknown pool file system '$pool_fs' (ext4 or xfs)"; exit 1 ;;
+  esac
+  if ! { truncate -s "$1" "$work/pool.img" && "mkfs.$pool_fs" -q "$work/pool.img" &&
     mount -o loop "$work/pool.img" "$work/pool"; }; then
-    say "could not set up the ext4 pool"
+    say "could not set up the $pool_fs pool"
     exit 1
   fi
 }
