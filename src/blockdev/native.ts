@@ -145,6 +145,9 @@ export interface DeviceStats {
   batWrites: number;
   syncs: number;
   mergedClusters: number;
+  /** Requests moved by one transfer the queue did not wait for (see the engine's README). */
+  asyncReads: number;
+  asyncWrites: number;
   running: boolean;
   paused: boolean;
   merging: boolean;

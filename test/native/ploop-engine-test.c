@@ -40,8 +40,15 @@ static char dir[256];
 	} while (0)
 
 /* 0: requests with a buffer; 1: through pl_*_via without one; 2: as 1, but reads
- * pl_plan_read accepts are one transfer; 3: as 2, through the O_DIRECT twin where aligned */
+ * pl_plan_read accepts are one transfer, and so are writes pl_plan_write accepts (those onto
+ * reserved clusters sometimes left in flight for a while); 3: as 2, reads through the O_DIRECT
+ * twin where aligned */
 static int zero_copy;
+
+static uint64_t rnd(uint64_t n)
+{
+	return ((uint64_t)random() << 31 ^ (uint64_t)random()) % n;
+}
 
 /* The zero-copy callbacks: arg is the request's memory (the kernel's pages, in the data path). */
 static int xfer_cb(void *arg, int write, int fd, uint64_t off, uint32_t boff, uint32_t len)
@@ -93,15 +100,73 @@ static int t_read(struct pl_chain *c, uint8_t *b, uint64_t off, uint64_t len)
 	return zero_copy ? pl_read_via(c, &dt, off, len) : pl_read(c, b, off, len);
 }
 
+/*
+ * Modes 2-3: writes onto reserved clusters (PL_PLAN_ALLOC) in flight, as the queue leaves them:
+ * they land in the order they were started (the kernel's worker runs writes to one file in
+ * turn) and count (in the model) only once finished.
+ */
+#define MAX_INFLIGHT 4
+static struct inflight {
+	uint64_t off, len, host;
+	uint8_t data[sizeof(buf)];
+} inflight[MAX_INFLIGHT];
+static int ninflight;
+static unsigned long planned_writes, reserved_writes, busy_retries;
+static const int owner_a = 1, owner_b = 2; /* two queues */
+
+/* Lands and maps the oldest write in flight. */
+static void finish_oldest(struct pl_chain *c)
+{
+	struct inflight *w = &inflight[0];
+	int r = xfer_cb(w->data, 1, c->d[c->ndeltas - 1].fd, w->host, 0, (uint32_t)w->len);
+	if (!r)
+		r = pl_finish_alloc(c, w->off, w->len, w->host, 1);
+	if (r)
+		FAIL("finishing a reserved write: %s", strerror(-r));
+	memcpy(model + w->off, w->data, w->len);
+	memmove(&inflight[0], &inflight[1], (size_t)(ninflight - 1) * sizeof(inflight[0]));
+	ninflight--;
+}
+
+static void finish_all(struct pl_chain *c)
+{
+	while (ninflight)
+		finish_oldest(c);
+}
+
+/* The server is killed: the writes in flight are never answered; the first `landed` of them
+ * reached the file, unmapped. */
+static void kill_inflight(struct pl_chain *c, int landed)
+{
+	for (int i = 0; i < landed && i < ninflight; i++)
+		xfer_cb(inflight[i].data, 1, c->d[c->ndeltas - 1].fd, inflight[i].host, 0,
+			(uint32_t)inflight[i].len);
+	ninflight = 0;
+}
+
+/* A write; 1 when it was left in flight (the model learns it from finish_oldest). */
 static int t_write(struct pl_chain *c, const uint8_t *b, uint64_t off, uint64_t len, int fua)
 {
 	struct pl_data dt = { NULL, xfer_cb, zero_cb, (void *)b };
+	if (zero_copy >= 2 && !fua) {
+		int fd;
+		uint64_t host;
+		int plan = pl_plan_write(c, rnd(4) ? &owner_a : &owner_b, off, len, &fd, &host);
+		if (plan == PL_PLAN_IN_PLACE) {
+			planned_writes++;
+			return xfer_cb((void *)b, 1, fd, host, 0, (uint32_t)len);
+		}
+		if (plan == PL_PLAN_ALLOC) {
+			reserved_writes++;
+			struct inflight *w = &inflight[ninflight++];
+			*w = (struct inflight){ off, len, host, { 0 } };
+			memcpy(w->data, b, len);
+			if (ninflight == MAX_INFLIGHT || rnd(2))
+				finish_all(c);
+			return 1;
+		}
+	}
 	return zero_copy ? pl_write_via(c, &dt, off, len, fua) : pl_write(c, b, off, len, fua);
-}
-
-static uint64_t rnd(uint64_t n)
-{
-	return ((uint64_t)random() << 31 ^ (uint64_t)random()) % n;
 }
 
 /* A fresh delta file: header + zeroed BAT in the first cluster (data_off = one cluster). */
@@ -205,11 +270,28 @@ static void verify(struct pl_chain *c, const char *when)
 	checks++;
 }
 
+/* A write answered before this returns. */
+static int t_write_now(struct pl_chain *c, const uint8_t *b, uint64_t off, uint64_t len, int fua)
+{
+	int r = t_write(c, b, off, len, fua);
+	if (r == 1) {
+		finish_all(c);
+		r = 0;
+	}
+	return r;
+}
+
 /* One random request, sometimes executed twice (re-issue after recovery). */
 static void random_op(struct pl_chain *c)
 {
+	if (ninflight && rnd(3) == 0)
+		finish_oldest(c);
 	uint64_t off = rnd(SIZE / 512) * 512;
 	uint64_t len = (1 + rnd(sizeof(buf) / 512)) * 512;
+	if (rnd(4) == 0) { /* whole clusters, as a file system's large writes often are */
+		off = rnd(NCLUSTERS) * CLUSTER;
+		len = (1 + rnd(sizeof(buf) / CLUSTER)) * CLUSTER;
+	}
 	if (off + len > SIZE)
 		len = SIZE - off;
 	int times = rnd(4) == 0 ? 2 : 1;
@@ -224,8 +306,15 @@ static void random_op(struct pl_chain *c)
 					for (uint64_t i = 0; i < len; i++)
 						buf[i] = (uint8_t)random();
 			}
-			r = t_write(c, buf, off, len, rnd(8) == 0);
-			memcpy(model + off, buf, len);
+			int fua = rnd(8) == 0;
+			while ((r = t_write(c, buf, off, len, fua)) == PL_BUSY) {
+				busy_retries++;
+				finish_all(c); /* as the queue does before it tries again */
+			}
+			if (r == 1)
+				r = 0; /* in flight */
+			else
+				memcpy(model + off, buf, len);
 		} else if (kind < 7) {
 			r = pl_discard(c, off, len);
 			/* A hint: each whole cluster reads as before or as zeros (zeros where only the top
@@ -244,7 +333,11 @@ static void random_op(struct pl_chain *c)
 				memset(model + p, 0, CLUSTER);
 			}
 		} else if (kind < 9) {
-			r = pl_write_zeroes(c, off, len, (int)rnd(2));
+			int keep = (int)rnd(2);
+			while ((r = pl_write_zeroes(c, off, len, keep)) == PL_BUSY) {
+				busy_retries++;
+				finish_all(c);
+			}
 			memset(model + off, 0, len);
 		} else {
 			r = pl_flush(c);
@@ -267,6 +360,7 @@ static void run(int version, int two_deltas, unsigned seed)
 		/* fill part of the base, then stack an empty top on it */
 		for (int i = 0; i < 60; i++)
 			random_op(c);
+		finish_all(c);
 		pl_flush(c);
 		pl_chain_close(c);
 		f.n = 2;
@@ -282,15 +376,23 @@ static void run(int version, int two_deltas, unsigned seed)
 		verify(c, "live");
 		if (round % 3 == 0) {
 			/* killed server: nothing flushed, reopened from the BAT in the files */
+			kill_inflight(c, (int)rnd(MAX_INFLIGHT + 1));
 			pl_chain_close(c);
 			c = open_chain(&f);
 			verify(c, "reopened without flush");
 		}
 		if (two_deltas && round == 4) {
 			/* background merge of the base into the top, then the top alone */
-			for (uint32_t vc = 0; vc < NCLUSTERS; vc++)
-				if (pl_merge_cluster(c, 0, vc) < 0)
+			for (uint32_t vc = 0; vc < NCLUSTERS; vc++) {
+				int r;
+				while ((r = pl_merge_cluster(c, 0, vc)) == PL_BUSY) {
+					busy_retries++;
+					finish_all(c); /* the merge waits for the queue's writes */
+				}
+				if (r < 0)
 					FAIL("merge %u", vc);
+			}
+			finish_all(c); /* a chain swap waits for the requests in flight */
 			pl_flush(c);
 			pl_chain_close(c);
 			f.n = 1;
@@ -299,6 +401,7 @@ static void run(int version, int two_deltas, unsigned seed)
 			verify(c, "after merge, top alone");
 		}
 	}
+	finish_all(c);
 	pl_flush(c);
 	pl_chain_close(c);
 	for (int i = 0; i < f.n; i++)
@@ -323,7 +426,7 @@ static void sparse_fill(int version)
 	struct pl_chain *c = open_chain(&f);
 	for (uint64_t i = 0; i < 4 * CLUSTER; i++)
 		buf[i] = (uint8_t)(i * 7 + 1);
-	if (t_write(c, buf, 0, 4 * CLUSTER, 1))
+	if (t_write_now(c, buf, 0, 4 * CLUSTER, 1))
 		FAIL("fill base");
 	memcpy(model, buf, 4 * CLUSTER);
 	pl_chain_close(c);
@@ -332,7 +435,7 @@ static void sparse_fill(int version)
 	create_image(f.path[1], version);
 	c = open_chain(&f);
 	/* clusters 0 and 1 copied up; clusters 2 and 3 zeroed over the lower data (3 stays so) */
-	if (t_write(c, buf, 0, 512, 0) || t_write(c, buf + CLUSTER, CLUSTER, 512, 0))
+	if (t_write_now(c, buf, 0, 512, 0) || t_write_now(c, buf + CLUSTER, CLUSTER, 512, 0))
 		FAIL("copy up");
 	if (pl_write_zeroes(c, 2 * CLUSTER, 2 * CLUSTER, 0))
 		FAIL("write zeroes over lower data");
@@ -361,11 +464,12 @@ static void sparse_fill(int version)
 	static const uint8_t data[4096] = { [0] = 0xab, [4095] = 0xcd };
 	for (uint32_t k = 0; k < 3; k++) {
 		uint64_t off = (uint64_t)k * CLUSTER + 8192;
-		if (t_write(c, data, off, sizeof(data), 0))
+		if (t_write_now(c, data, off, sizeof(data), 0))
 			FAIL("partial write into cluster %u", k);
 		memcpy(model + off, data, sizeof(data));
 	}
 	verify(c, "partial writes into sparse clusters");
+	finish_all(c);
 	pl_flush(c);
 	pl_chain_close(c);
 	for (int i = 0; i < f.n; i++)
@@ -388,7 +492,7 @@ static void tail_garbage(int version)
 	create_image(f.path[0], version);
 	struct pl_chain *c = open_chain(&f);
 	memset(buf, 0x5a, CLUSTER);
-	if (t_write(c, buf, 0, CLUSTER, 1))
+	if (t_write_now(c, buf, 0, CLUSTER, 1))
 		FAIL("write");
 	memcpy(model, buf, CLUSTER);
 	pl_chain_close(c);
@@ -400,7 +504,7 @@ static void tail_garbage(int version)
 	close(fd);
 	c = open_chain(&f);
 	memset(buf, 0x6b, 4096);
-	if (t_write(c, buf, 5 * CLUSTER, 4096, 1))
+	if (t_write_now(c, buf, 5 * CLUSTER, 4096, 1))
 		FAIL("write after reopen");
 	memcpy(model + 5 * CLUSTER, buf, 4096);
 	verify(c, "after the garbage cluster");
@@ -444,6 +548,12 @@ int main(int argc, char **argv)
 		FAIL("no read went through the O_DIRECT descriptor");
 	else
 		printf("%lu of them read with O_DIRECT\n", direct_ios);
+	if (!planned_writes || !reserved_writes || !busy_retries)
+		FAIL("writes in place %lu, onto reserved clusters %lu, retried %lu: want all > 0",
+		     planned_writes, reserved_writes, busy_retries);
+	printf("%lu writes in place and %lu onto reserved clusters took it; %lu requests waited for "
+	       "reserved clusters\n",
+	       planned_writes, reserved_writes, busy_retries);
 	printf("%u passed, 0 failed\n", 4 * (seeds * 4 + 4));
 	return 0;
 }

@@ -333,6 +333,24 @@ async function rawChecks(work, cluster, zeroCopy) {
   pwrite(3 * C + 65536, randomBytes(256 << 10), 256 << 10); // large partial write over lower
   pwrite(42 * C + 8192, randomBytes(256 << 10), 256 << 10); // large, to a cluster mapped nowhere
   pwrite(41 * C, randomBytes(C)); // top-only cluster, discarded below: released + punched
+  // Large writes the queue does not wait for (zero copy): whole clusters mapped nowhere, from
+  // four writers at once (reserved in file order, several in flight), then over them in place.
+  const big = Math.min(C, 1 << 20);
+  const parallel = (first) => {
+    const cmds = [];
+    for (let w = 0; w < 4; w++) {
+      const f = path.join(work, `chunk-${w}.bin`);
+      const buf = randomBytes(2 * C);
+      fs.writeFileSync(f, buf);
+      buf.copy(model, (first + 2 * w) * C);
+      cmds.push(
+        `dd if=${f} of=${bdev} bs=${big} seek=${(first + 2 * w) * C} oflag=direct,seek_bytes conv=notrunc status=none &`,
+      );
+    }
+    sh('sh', ['-c', `${cmds.join(' ')} wait`]);
+  };
+  parallel(12);
+  parallel(12);
   const zero = (off, len) => model.fill(0, off, off + len);
   // Discard over lower data is a hint the engine does not act on (zeroing it would take space a
   // snapshot already pays for; a hole in a mapped cluster would make ploop check refuse it).
@@ -360,7 +378,7 @@ async function rawChecks(work, cluster, zeroCopy) {
   log(
     `R stats (${mode}): alloc=${st.allocatedClusters} copied=${st.copiedClusters} released=${st.releasedClusters} ` +
       `punched=${st.punchedClusters} zeroSkips=${st.zeroWritesSkipped} discard=${st.ops.discard.ops} ` +
-      `writeZeroes=${st.ops.writeZeroes.ops} errors=${Object.values(st.ops).reduce((a, o) => a + o.errors, 0)}`,
+      `writeZeroes=${st.ops.writeZeroes.ops} asyncWrites=${st.asyncWrites} errors=${Object.values(st.ops).reduce((a, o) => a + o.errors, 0)}`,
   );
   summary.stats[zeroCopy ? 'Rzc' : 'R'] = st;
   if (st.releasedClusters < 1 || st.punchedClusters < 1)
@@ -369,6 +387,8 @@ async function rawChecks(work, cluster, zeroCopy) {
   // Zero copy never sees the data, so it cannot tell a write of zeros from any other.
   if (!zeroCopy && st.zeroWritesSkipped < 1)
     fail('zero writes to unmapped clusters were not skipped');
+  if (zeroCopy && big > 128 << 10 && st.asyncWrites < 1)
+    fail('no large write was moved by one transfer not waited for');
 
   const readBack = () => {
     const out = path.join(work, 'r-read.bin');

@@ -719,6 +719,8 @@ static napi_value js_stats(napi_env env, napi_callback_info info)
 	set_num(env, o, "batWrites", (double)s.bat_writes);
 	set_num(env, o, "syncs", (double)s.syncs);
 	set_num(env, o, "mergedClusters", (double)s.merged_clusters);
+	set_num(env, o, "asyncReads", (double)s.async_reads);
+	set_num(env, o, "asyncWrites", (double)s.async_writes);
 	set_bool(env, o, "running", running);
 	set_bool(env, o, "paused", paused);
 	set_bool(env, o, "merging", merging);

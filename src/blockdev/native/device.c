@@ -117,6 +117,8 @@ static int handle_io(void *ctx, struct ublk_queue *q, int tag, const struct ublk
 		r = -EOPNOTSUPP;
 	}
 	gate_leave(d);
+	if (r == PL_BUSY)
+		return UBLK_IO_RETRY; /* reserved clusters in flight: once they are written */
 	pl_stats_record(&d->stats, sop, len, r < 0, pl_now_ns() - t0);
 	return r;
 }
@@ -130,35 +132,69 @@ static int handle_io(void *ctx, struct ublk_queue *q, int tag, const struct ublk
  * in flight side by side look random to the kernel's readahead, which then fills the cache one
  * 4 KiB page at a time (1 MiB reads at depth 8: 2.5-3.5x loop's rate direct, 0.6-1.0 before,
  * in the benchmark VM). The kernel writes dirty pages of the range back before a direct read,
- * so it always sees the latest write. Writes are not served so: a buffered write through
+ * so it always sees the latest write. Small writes are not served so: a buffered write through
  * io_uring is handed to a kernel worker thread (always on ext4, about half the time on XFS),
  * and that hop measured no faster than the queue thread's own pwrite (4 KiB random writes the
  * same on ext4, no better on XFS).
  */
+static int start_read(struct ublk_device *d, struct ublk_queue *q, int tag, struct pl_chain *c,
+		      uint64_t off, uint32_t len)
+{
+	int fd;
+	uint64_t host;
+	if (!pl_plan_read(c, off, len, &fd, &host) || (fd < 0 && !q->zero_copy))
+		return 0;
+	int dfd = d->direct_read && len > UBLK_SMALL_IO ? pl_direct_fd(c, fd, host, len) : -1;
+	return ublk_queue_start_read(q, tag, dfd >= 0 ? dfd : fd, host, len);
+}
+
+/*
+ * A large WRITE in zero copy (over UBLK_SMALL_IO, without FUA) into one extent the top maps, or
+ * onto whole clusters mapped nowhere (pl_plan_write), is one transfer not waited for as well:
+ * it goes to a kernel worker thread either way (ext4 has no buffered write that cannot block),
+ * and waiting for each in turn cost the queue a wake-up for every request arriving meanwhile,
+ * while the writes in flight now follow each other in the worker. Small writes stay with the
+ * queue thread's own pwrite (see above).
+ */
+static int start_write(struct ublk_queue *q, int tag, struct pl_chain *c, uint64_t off,
+		       uint32_t len)
+{
+	int fd, plan = 0, r = 0;
+	uint64_t host = 0;
+	/* Room first: reserved clusters must be written. */
+	if (ublk_queue_room(q))
+		plan = pl_plan_write(c, q, off, len, &fd, &host);
+	if (plan)
+		r = ublk_queue_start_write(q, tag, fd, host, len, plan == PL_PLAN_ALLOC);
+	if (r != UBLK_IO_ASYNC && plan == PL_PLAN_ALLOC)
+		pl_finish_alloc(c, off, len, host, 0);
+	q->tags[tag].host = host;
+	q->tags[tag].kind = plan;
+	return r;
+}
+
 static int start_io(void *ctx, struct ublk_queue *q, int tag, const struct ublk_io_desc *iod)
 {
 	struct ublk_device *d = ctx;
-	if ((iod->op_flags & 0xff) != UBLK_IO_OP_READ || d->debug_delay_ms)
+	unsigned op = iod->op_flags & 0xff;
+	uint64_t off = iod->start_sector << 9;
+	uint32_t len = iod->nr_sectors << 9;
+	int write = op == UBLK_IO_OP_WRITE && q->zero_copy && !(iod->op_flags & UBLK_IO_F_FUA) &&
+		    len > UBLK_SMALL_IO;
+	if (d->debug_delay_ms || (op != UBLK_IO_OP_READ && !write))
 		return 0;
 	uint64_t t0 = pl_now_ns();
 	struct pl_chain *c = gate_enter(d, q);
 	if (!c)
 		return UBLK_IO_RETRY;
-	uint64_t off = iod->start_sector << 9;
-	uint32_t len = iod->nr_sectors << 9;
-	int fd;
-	uint64_t host;
-	int r = 0;
-	if (pl_plan_read(c, off, len, &fd, &host) && (fd >= 0 || q->zero_copy)) {
-		int dfd = d->direct_read && len > UBLK_SMALL_IO ? pl_direct_fd(c, fd, host, len) : -1;
-		r = ublk_queue_start_read(q, tag, dfd >= 0 ? dfd : fd, host, len);
-	}
+	int r = write ? start_write(q, tag, c, off, len) : start_read(d, q, tag, c, off, len);
 	if (r != UBLK_IO_ASYNC) {
 		gate_leave(d);
 		return 0; /* served by handle_io */
 	}
 	q->tags[tag].p = c;
 	q->tags[tag].t0 = t0;
+	pl_stats_add(write ? &d->stats.async_writes : &d->stats.async_reads, 1);
 	return r;
 }
 
@@ -169,6 +205,24 @@ static int finish_io(void *ctx, struct ublk_queue *q, int tag, const struct ublk
 	struct pl_chain *c = q->tags[tag].p;
 	uint64_t off = iod->start_sector << 9;
 	uint32_t len = iod->nr_sectors << 9;
+	if ((iod->op_flags & 0xff) == UBLK_IO_OP_WRITE) {
+		uint64_t host = q->tags[tag].host;
+		if (res >= 0 && (uint32_t)res < len) /* short: the rest, waited for */
+			res = ublk_queue_xfer(q, tag, 1, c->d[c->ndeltas - 1].fd, host + (uint32_t)res,
+					      (uint32_t)res, len - (uint32_t)res);
+		else if (res > 0)
+			res = 0;
+		if (q->tags[tag].kind == PL_PLAN_ALLOC) {
+			int r = pl_finish_alloc(c, off, len, host, res == 0);
+			if (!res)
+				res = r;
+		}
+		if (!res)
+			res = (int)len;
+		gate_leave(d);
+		pl_stats_record(&d->stats, PL_OP_WRITE, len, res < 0, pl_now_ns() - q->tags[tag].t0);
+		return res;
+	}
 	if ((res >= 0 && (uint32_t)res != len) || res == -EINVAL) {
 		/* Short (a read past the end of the file), or refused (direct I/O the file system
 		 * will not do at this alignment): the whole request again, buffered. */
@@ -701,6 +755,11 @@ int64_t dev_merge_lower(struct ublk_device *d, int index)
 		gate_leave(d);
 		if (r == -ERANGE)
 			break;
+		if (r == PL_BUSY) { /* a queue's reserved clusters are in flight: this one again */
+			usleep(200);
+			vc--;
+			continue;
+		}
 		if (r < 0) {
 			copied = r;
 			break;

@@ -183,6 +183,19 @@ static void sparse_clear(struct pl_chain *c, uint32_t vc)
 		__atomic_fetch_and(&c->sparse[vc >> 3], (uint8_t)~(1u << (vc & 7)), __ATOMIC_RELEASE);
 }
 
+static int pending_test(const struct pl_chain *c, uint32_t vc)
+{
+	return c->pending && (c->pending[vc >> 3] >> (vc & 7)) & 1;
+}
+
+static void pending_set(struct pl_chain *c, uint32_t vc, int on)
+{
+	if (on)
+		c->pending[vc >> 3] |= (uint8_t)(1u << (vc & 7));
+	else
+		c->pending[vc >> 3] &= (uint8_t)~(1u << (vc & 7));
+}
+
 /*
  * Marks the top's mapped clusters that hold a hole (or an unwritten extent, which SEEK_HOLE
  * reports the same way), as other writers leave them (QEMU, dm-ploop, older versions of this
@@ -404,7 +417,10 @@ int pl_chain_open(const struct pl_delta_config *cfg, int n, uint32_t cluster, ui
 		c->read_only = !c->d[n - 1].writable;
 		c->scratch = mmap(NULL, cluster, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		c->scratch_zero = mmap(NULL, cluster, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (c->scratch == MAP_FAILED || c->scratch_zero == MAP_FAILED) {
+		if (!c->read_only)
+			c->pending = calloc(((size_t)c->d[n - 1].nbat >> 3) + 1, 1);
+		if (c->scratch == MAP_FAILED || c->scratch_zero == MAP_FAILED ||
+		    (!c->read_only && !c->pending)) {
 			r = -ENOMEM;
 			snprintf(err, errlen, "out of memory for cluster buffers");
 		}
@@ -434,6 +450,7 @@ void pl_chain_close(struct pl_chain *c)
 		munmap((void *)c->scratch_zero, c->cluster);
 	free(c->released);
 	free(c->sparse);
+	free(c->pending);
 	pthread_mutex_destroy(&c->alloc_mtx);
 	pthread_mutex_destroy(&c->flush_mtx);
 	free(c->d);
@@ -548,6 +565,73 @@ int pl_direct_fd(const struct pl_chain *c, int fd, uint64_t host, uint64_t len)
 	return -1;
 }
 
+int pl_plan_write(struct pl_chain *c, const void *owner, uint64_t off, uint64_t len, int *fd,
+		  uint64_t *host)
+{
+	if (c->read_only || !len || len > UINT32_MAX)
+		return 0;
+	struct pl_delta *top = top_of(c);
+	uint64_t first = off >> c->cluster_shift, end = (off + len - 1) / c->cluster + 1;
+	if (end > top->nbat)
+		return 0;
+	*fd = top->fd;
+	uint64_t h0 = delta_map(c, top, (uint32_t)first);
+	if (h0 != NO_HOST) {
+		for (uint64_t v = first; v < end; v++) {
+			uint64_t h = delta_map(c, top, (uint32_t)v);
+			if (h != h0 + ((v - first) << c->cluster_shift) || sparse_test(c, (uint32_t)v))
+				return 0;
+		}
+		*host = h0 + (off & (c->cluster - 1));
+		return PL_PLAN_IN_PLACE;
+	}
+	if ((off | len) & (c->cluster - 1))
+		return 0;
+	int plan = 0;
+	pthread_mutex_lock(&c->alloc_mtx);
+	uint64_t h = c->next_host, lhost;
+	uint32_t e;
+	if (c->alloc_inflight && c->alloc_owner != owner)
+		goto out;
+	for (uint64_t v = first; v < end; v++)
+		if (delta_map(c, top, (uint32_t)v) != NO_HOST || pending_test(c, (uint32_t)v) ||
+		    locate(c, (uint32_t)v, c->ndeltas - 1, &lhost) >= 0)
+			goto out;
+	if (host_to_entry(c, h + len - c->cluster, &e))
+		goto out;
+	c->next_host += len;
+	for (uint64_t v = first; v < end; v++)
+		pending_set(c, (uint32_t)v, 1);
+	c->alloc_inflight++;
+	c->alloc_owner = owner;
+	*host = h;
+	plan = PL_PLAN_ALLOC;
+out:
+	pthread_mutex_unlock(&c->alloc_mtx);
+	return plan;
+}
+
+int pl_finish_alloc(struct pl_chain *c, uint64_t off, uint64_t len, uint64_t host, int written)
+{
+	int r = 0;
+	pthread_mutex_lock(&c->alloc_mtx);
+	for (uint64_t i = 0; i < len >> c->cluster_shift; i++) {
+		uint32_t vc = (uint32_t)((off >> c->cluster_shift) + i), e;
+		if (written && !r) {
+			r = host_to_entry(c, host + (i << c->cluster_shift), &e);
+			if (!r)
+				r = map_cluster(c, vc, e, 0); /* mapped nowhere: no lower data to keep */
+		}
+		pending_set(c, vc, 0);
+	}
+	/* Unwritten and nothing reserved after it: the space is taken again by the next one. */
+	if (!written && c->next_host == host + len)
+		c->next_host = host;
+	c->alloc_inflight--;
+	pthread_mutex_unlock(&c->alloc_mtx);
+	return r;
+}
+
 int pl_read(struct pl_chain *c, uint8_t *buf, uint64_t off, uint64_t len)
 {
 	struct pl_data dt = { buf, NULL, NULL, NULL };
@@ -629,6 +713,10 @@ static int write_segment(struct pl_chain *c, const struct pl_data *dt, uint32_t 
 		}
 		if (!r)
 			sparse_clear(c, vc);
+		goto out;
+	}
+	if (c->alloc_inflight) {
+		r = PL_BUSY; /* clusters reserved before this one are still being written */
 		goto out;
 	}
 	uint64_t lhost = 0;
@@ -794,7 +882,7 @@ static int zero_clusters(struct pl_chain *c, uint64_t first, uint64_t end, int k
 					sparse_clear(c, vc);
 			}
 		} else if ((lower && !hint) || keep) {
-			r = alloc_cluster(c, vc, FILL_ZEROS, NULL, 0);
+			r = c->alloc_inflight ? PL_BUSY : alloc_cluster(c, vc, FILL_ZEROS, NULL, 0);
 		}
 		pthread_mutex_unlock(&c->alloc_mtx);
 		if (r)
@@ -840,7 +928,10 @@ int pl_merge_cluster(struct pl_chain *c, int index, uint32_t vc)
 	int r = 0;
 	pthread_mutex_lock(&c->alloc_mtx);
 	uint64_t lhost = 0;
-	if (delta_map(c, top, vc) == NO_HOST && delta_map(c, &c->d[index], vc) != NO_HOST) {
+	if (delta_map(c, top, vc) == NO_HOST && delta_map(c, &c->d[index], vc) != NO_HOST &&
+	    c->alloc_inflight) {
+		r = PL_BUSY;
+	} else if (delta_map(c, top, vc) == NO_HOST && delta_map(c, &c->d[index], vc) != NO_HOST) {
 		int li = locate(c, vc, c->ndeltas - 1, &lhost);
 		r = pread_full(c->d[li].fd, c->scratch, c->cluster, lhost);
 		if (!r)

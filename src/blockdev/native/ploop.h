@@ -18,6 +18,7 @@
 #ifndef PLOOP_UBLK_PLOOP_H
 #define PLOOP_UBLK_PLOOP_H
 
+#include <errno.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -67,9 +68,23 @@ struct pl_chain {
 	 * cluster is ever half data, half hole: ploop check rejects such images as "sparse".
 	 */
 	uint8_t *sparse;
+	/*
+	 * Zero copy: clusters reserved for large writes in flight (pl_plan_write), one bit per
+	 * virtual cluster of the top, mapped by pl_finish_alloc once their data is written. While
+	 * any is in flight only the queue that reserved them (alloc_owner) reserves more, in file
+	 * order, and nothing else allocates (PL_BUSY): so a killed server never leaves a cluster
+	 * unwritten below one that was written (a hole ploop check rejects).
+	 */
+	uint8_t *pending;
+	unsigned alloc_inflight;
+	const void *alloc_owner;
 	unsigned debug_delay_ms;
 	struct pl_stats *stats;
 };
+
+/* Returned by writes and merge steps that would allocate while reserved clusters are in flight
+ * (see `pending`): try again once those are finished. Never reaches the kernel. */
+#define PL_BUSY (-EALREADY)
 
 /* Builds a chain; returns 0 or -errno with a message in err. */
 int pl_chain_open(const struct pl_delta_config *cfg, int n, uint32_t cluster, uint64_t size,
@@ -99,6 +114,21 @@ int pl_write_via(struct pl_chain *c, const struct pl_data *data, uint64_t off, u
  * (*fd = -1). 1 if so, else 0 (the request then goes through pl_read_via).
  */
 int pl_plan_read(struct pl_chain *c, uint64_t off, uint64_t len, int *fd, uint64_t *host);
+/*
+ * Zero copy: whether a WRITE of [off, off+len) can be one transfer to the top, not waited for.
+ * PL_PLAN_IN_PLACE: the range is one extent of clusters the top maps (no holes). PL_PLAN_ALLOC:
+ * whole clusters mapped nowhere in the chain; they are reserved at the top's end and marked
+ * pending, the transfer must be started in order (ublk_queue_start_write) and then be ended with
+ * pl_finish_alloc whatever its result. 0: write it with pl_write_via. *fd and *host: where.
+ * `owner` names the queue (see `alloc_owner`).
+ */
+#define PL_PLAN_IN_PLACE 1
+#define PL_PLAN_ALLOC 2
+int pl_plan_write(struct pl_chain *c, const void *owner, uint64_t off, uint64_t len, int *fd,
+		  uint64_t *host);
+/* Maps the clusters of a PL_PLAN_ALLOC write once its data is written (`written`), or gives
+ * them up; 0 or -errno (the BAT slot could not be written). */
+int pl_finish_alloc(struct pl_chain *c, uint64_t off, uint64_t len, uint64_t host, int written);
 /* The O_DIRECT twin of a delta's descriptor `fd` for a planned read of len bytes at host, or -1
  * where there is none or the read is not aligned for direct I/O. */
 int pl_direct_fd(const struct pl_chain *c, int fd, uint64_t host, uint64_t len);

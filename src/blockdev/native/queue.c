@@ -207,6 +207,11 @@ uint8_t *ublk_queue_buf(struct ublk_queue *q, int tag)
 	return q->zero_copy ? NULL : q->bufs + (size_t)tag * q->buf_size;
 }
 
+int ublk_queue_room(struct ublk_queue *q)
+{
+	return io_uring_sq_space_left(&q->ring) > 0;
+}
+
 int ublk_queue_start_read(struct ublk_queue *q, int tag, int fd, uint64_t off, uint32_t len)
 {
 	if (fd < 0) {
@@ -225,6 +230,27 @@ int ublk_queue_start_read(struct ublk_queue *q, int tag, int fd, uint64_t off, u
 		io_uring_prep_read_fixed(sqe, fd, NULL, len, off, tag);
 	else
 		io_uring_prep_read(sqe, fd, ublk_queue_buf(q, tag), len, off);
+	sqe->user_data = ASYNC_BIT | (uint64_t)tag;
+	return UBLK_IO_ASYNC;
+}
+
+int ublk_queue_start_write(struct ublk_queue *q, int tag, int fd, uint64_t off, uint32_t len,
+			   int in_order)
+{
+	if (!q->zero_copy)
+		return -EINVAL;
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&q->ring);
+	if (!sqe)
+		return -EBUSY;
+	memset(sqe, 0, 128);
+	io_uring_prep_write_fixed(sqe, fd, NULL, len, off, tag);
+	/*
+	 * Straight to the kernel's worker threads, which run buffered writes to one file one after
+	 * another in the order they were queued: an inline attempt (XFS can write without
+	 * blocking) could land a later one first.
+	 */
+	if (in_order)
+		sqe->flags |= IOSQE_ASYNC;
 	sqe->user_data = ASYNC_BIT | (uint64_t)tag;
 	return UBLK_IO_ASYNC;
 }
@@ -340,7 +366,10 @@ static int begin(struct ublk_queue *q, int tag)
 			res = serve(q, tag);
 		if (res != UBLK_IO_RETRY)
 			return res;
-		drain_async(q);
+		if (q->async_inflight)
+			drain_async(q);
+		else
+			usleep(100); /* waits for another queue's transfers (see ploop.h, PL_BUSY) */
 	}
 }
 

@@ -48,6 +48,8 @@ typedef int (*ublk_io_finish)(void *ctx, struct ublk_queue *q, int tag,
 struct ublk_tag_state {
 	void *p;
 	uint64_t t0;
+	uint64_t host;
+	int kind;
 };
 
 /* A CQE set aside while the queue thread waited for one of its own transfers. */
@@ -124,6 +126,14 @@ int ublk_queue_zero(struct ublk_queue *q, int tag, uint32_t boff, uint32_t len);
  * then served synchronously).
  */
 int ublk_queue_start_read(struct ublk_queue *q, int tag, int fd, uint64_t off, uint32_t len);
+/*
+ * From `start` only, zero copy: begins writing the whole request to fd at off. With in_order,
+ * such writes to one file land in the order they were started. UBLK_IO_ASYNC or -EBUSY, as above.
+ */
+int ublk_queue_start_write(struct ublk_queue *q, int tag, int fd, uint64_t off, uint32_t len,
+			   int in_order);
+/* Whether the ring has room to start a transfer now. */
+int ublk_queue_room(struct ublk_queue *q);
 /* The request's buffer in copy mode, NULL in zero-copy mode. */
 uint8_t *ublk_queue_buf(struct ublk_queue *q, int tag);
 

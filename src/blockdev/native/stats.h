@@ -35,6 +35,8 @@ struct pl_stats {
 	uint64_t bat_writes;      /* BAT slots written */
 	uint64_t syncs;           /* fdatasync calls on the top delta */
 	uint64_t merged_clusters; /* clusters copied by a background merge */
+	uint64_t async_reads;     /* READs moved by one transfer the queue did not wait for */
+	uint64_t async_writes;    /* WRITEs so moved (zero copy; pl_plan_write) */
 };
 
 const char *pl_stat_op_name(int op);
