@@ -928,10 +928,11 @@ int pl_merge_cluster(struct pl_chain *c, int index, uint32_t vc)
 	int r = 0;
 	pthread_mutex_lock(&c->alloc_mtx);
 	uint64_t lhost = 0;
-	if (delta_map(c, top, vc) == NO_HOST && delta_map(c, &c->d[index], vc) != NO_HOST &&
-	    c->alloc_inflight) {
-		r = PL_BUSY;
-	} else if (delta_map(c, top, vc) == NO_HOST && delta_map(c, &c->d[index], vc) != NO_HOST) {
+	if (delta_map(c, top, vc) != NO_HOST || delta_map(c, &c->d[index], vc) == NO_HOST) {
+		r = 0; /* nothing to copy */
+	} else if (c->alloc_inflight) {
+		r = PL_BUSY; /* allocations stay in file order */
+	} else {
 		int li = locate(c, vc, c->ndeltas - 1, &lhost);
 		r = pread_full(c->d[li].fd, c->scratch, c->cluster, lhost);
 		if (!r)
