@@ -27,7 +27,6 @@ guest_need_build
 # The pool is shared by every device; the VM's /tmp holds half its memory, so the three backing
 # files must fit in that.
 guest_pool 1600M "$pool_fs"
-echo "$pool_fs" >"$results/bench-fs"
 guest_shared_mounts
 
 # The first write to a guest page makes the host allocate it, which under emulation costs more

@@ -207,6 +207,19 @@ uint8_t *ublk_queue_buf(struct ublk_queue *q, int tag)
 	return q->zero_copy ? NULL : q->bufs + (size_t)tag * q->buf_size;
 }
 
+/*
+ * An SQE for a request's transfer, blank, or NULL when the ring is full. Never flushes the ring
+ * to make room: the caller serves the request itself instead. An SQE taken must be filled in (a
+ * blank one would complete as a command for tag 0).
+ */
+static struct io_uring_sqe *take_sqe(struct ublk_queue *q)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&q->ring);
+	if (sqe)
+		memset(sqe, 0, 128);
+	return sqe;
+}
+
 int ublk_queue_room(struct ublk_queue *q)
 {
 	return io_uring_sq_space_left(&q->ring) > 0;
@@ -220,12 +233,9 @@ int ublk_queue_start_read(struct ublk_queue *q, int tag, int fd, uint64_t off, u
 		fd = q->zero_fd;
 		off = 0;
 	}
-	/* Never flushes the ring to make room: the caller serves the request itself instead. An
-	 * SQE taken is always filled in (a blank one would complete as a command for tag 0). */
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&q->ring);
+	struct io_uring_sqe *sqe = take_sqe(q);
 	if (!sqe)
 		return -EBUSY;
-	memset(sqe, 0, 128);
 	if (q->zero_copy)
 		io_uring_prep_read_fixed(sqe, fd, NULL, len, off, tag);
 	else
@@ -239,10 +249,9 @@ int ublk_queue_start_write(struct ublk_queue *q, int tag, int fd, uint64_t off, 
 {
 	if (!q->zero_copy)
 		return -EINVAL;
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&q->ring);
+	struct io_uring_sqe *sqe = take_sqe(q);
 	if (!sqe)
 		return -EBUSY;
-	memset(sqe, 0, 128);
 	io_uring_prep_write_fixed(sqe, fd, NULL, len, off, tag);
 	/*
 	 * Straight to the kernel's worker threads, which run buffered writes to one file one after
