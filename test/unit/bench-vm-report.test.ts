@@ -87,14 +87,37 @@ describe('VM benchmark report', () => {
   it('labels emulated runs and marks rows below the goal in the table', async () => {
     await put('rand-write-4k', 'ublk', 1, fioJson('write', { iops: 5000 }));
     await put('rand-write-4k', 'loop', 1, fioJson('write', { iops: 10000 }));
-    const { stdout } = await run(process.execPath, [report, dir, 'tcg', '0', 'max,-erms']);
-    expect(stdout).toContain('EMULATED (qemu TCG, cpu max,-erms)');
+    const { stdout } = await run(process.execPath, [report, dir, 'tcg', '0', 'max,-erms', 'host']);
+    expect(stdout).toContain("EMULATED (qemu TCG, cpu max,-erms, clock: the host's)");
     const line = stdout.split('\n').find((l) => l.startsWith('4 KiB random write'));
     expect(line).toMatch(/0\.50 \(0\.50–0\.50\)/);
     expect(line).toContain('(goal ≥ 0.8)');
 
-    const kvm = await run(process.execPath, [report, dir, 'kvm', '0', 'host']);
+    // Under -icount the figures are per executed instruction, and the label says so.
+    const icount = await run(process.execPath, [
+      report,
+      dir,
+      'tcg',
+      '1',
+      'max,-erms',
+      'instructions',
+    ]);
+    expect((JSON.parse(icount.stdout) as { clock: string }).clock).toBe('instructions');
+    const icountText = await run(process.execPath, [
+      report,
+      dir,
+      'tcg',
+      '0',
+      'max,-erms',
+      'instructions',
+    ]);
+    expect(icountText.stdout).toContain('clock: 1 ns per executed instruction');
+
+    // A KVM guest has the host's clock whatever the caller says.
+    const kvm = await run(process.execPath, [report, dir, 'kvm', '0', 'host', 'instructions']);
     expect(kvm.stdout).not.toContain('EMULATED');
+    const kvmJson = await run(process.execPath, [report, dir, 'kvm', '1', 'host', 'instructions']);
+    expect((JSON.parse(kvmJson.stdout) as { clock: string }).clock).toBe('host');
   });
 
   it("prints a 4 KiB user copy's price from the cached-read probe, when it ran", async () => {

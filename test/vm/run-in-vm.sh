@@ -23,7 +23,10 @@
 # PLOOP_CSI_VM_NO_FETCH=1 (never install packages or download kernels),
 # PLOOP_CSI_VM_APPEND (extra kernel command line), PLOOP_CSI_VM_TCG_THREAD (multi|single;
 # default multi when the host has more cores than the VM has CPUs, else single, which was
-# faster on a 2-core host and avoids the cross-vCPU races of multi-threaded TCG).
+# faster on a 2-core host and avoids the cross-vCPU races of multi-threaded TCG),
+# PLOOP_CSI_VM_ICOUNT (TCG only: qemu's -icount option, e.g. "shift=0,sleep=off", which makes
+# the guest's clock count executed instructions instead of following the host's; needs
+# single-threaded TCG).
 set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -48,6 +51,11 @@ accel=${PLOOP_CSI_VM_ACCEL:-auto}
 mem=${PLOOP_CSI_VM_MEM:-2048}
 smp=${PLOOP_CSI_VM_SMP:-2}
 tcg_thread=${PLOOP_CSI_VM_TCG_THREAD:-}
+icount=${PLOOP_CSI_VM_ICOUNT:-}
+if [ -n "$icount" ]; then
+  [ "${tcg_thread:-single}" = single ] || vm_die "PLOOP_CSI_VM_ICOUNT needs single-threaded TCG (PLOOP_CSI_VM_TCG_THREAD=single)"
+  tcg_thread=single
+fi
 if [ -z "$tcg_thread" ]; then
   if [ "$(nproc)" -gt "$smp" ]; then tcg_thread=multi; else tcg_thread=single; fi
 fi
@@ -159,6 +167,9 @@ qemu_cmd() { # ACCEL CMD RESULTS APPEND...
   if [ -n "$share" ]; then
     printf '%s\0' -virtfs "local,path=$share,mount_tag=work,security_model=none,readonly=on,multidevs=remap"
   fi
+  if [ -n "$icount" ] && [ "$accel" = tcg ]; then
+    printf '%s\0' -icount "$icount"
+  fi
 }
 
 # KVM is used only when a short boot really works: on nested-virtualisation hosts /dev/kvm can
@@ -200,7 +211,7 @@ mapfile -d '' args < <(qemu_cmd "$accel" "$script" "$results" ${PLOOP_CSI_VM_APP
 log=$results/console.log
 run_vm() {
   local how=$accel
-  [ "$accel" = tcg ] && how="tcg $tcg_thread-threaded, cpu $tcg_cpu"
+  [ "$accel" = tcg ] && how="tcg $tcg_thread-threaded,${icount:+ icount $icount,} cpu $tcg_cpu"
   vm_log "booting $kver ($how, ${smp} CPUs, ${mem} MiB) to run $script; log: $log"
   start=$(date +%s.%N)
   set +e
