@@ -8,7 +8,8 @@
 # backing files; the other rows then run over fully allocated data. Every row runs in four
 # passes (PLOOP_CSI_BENCH_VM_PASSES) that alternate the device order, so that drift in the
 # emulated VM's speed (on the host's clock it moves by half from one pass to the next; counted
-# in instructions, see bench/vm.sh, by a few per cent) weighs on every device alike. Results: fio JSON per row, device and pass in the results share.
+# in instructions, see bench/vm.sh, by a few per cent) weighs on every device alike. Results:
+# fio JSON per row, device and pass in the results share.
 set -u
 guest_name=bench
 # shellcheck source=test/vm/guest.sh

@@ -23,15 +23,27 @@ static size_t round_page(size_t n)
 /* user_data of an asynchronous request's transfer: this bit and the tag. */
 #define ASYNC_BIT (1ULL << 62)
 
-static struct io_uring_sqe *get_sqe(struct ublk_queue *q)
+/*
+ * An SQE for a request's transfer, blank, or NULL when the ring is full. Never flushes the ring
+ * to make room: the caller serves the request itself instead. An SQE taken must be filled in (a
+ * blank one would complete as a command for tag 0).
+ */
+static struct io_uring_sqe *take_sqe(struct ublk_queue *q)
 {
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&q->ring);
-	if (!sqe) {
-		io_uring_submit(&q->ring);
-		sqe = io_uring_get_sqe(&q->ring);
-	}
 	if (sqe)
 		memset(sqe, 0, 128);
+	return sqe;
+}
+
+/* A blank SQE, submitting what the ring holds first when it is full. */
+static struct io_uring_sqe *get_sqe(struct ublk_queue *q)
+{
+	struct io_uring_sqe *sqe = take_sqe(q);
+	if (!sqe) {
+		io_uring_submit(&q->ring);
+		sqe = take_sqe(q);
+	}
 	return sqe;
 }
 
@@ -205,19 +217,6 @@ int ublk_queue_xfer(struct ublk_queue *q, int tag, int write, int fd, uint64_t o
 uint8_t *ublk_queue_buf(struct ublk_queue *q, int tag)
 {
 	return q->zero_copy ? NULL : q->bufs + (size_t)tag * q->buf_size;
-}
-
-/*
- * An SQE for a request's transfer, blank, or NULL when the ring is full. Never flushes the ring
- * to make room: the caller serves the request itself instead. An SQE taken must be filled in (a
- * blank one would complete as a command for tag 0).
- */
-static struct io_uring_sqe *take_sqe(struct ublk_queue *q)
-{
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&q->ring);
-	if (sqe)
-		memset(sqe, 0, 128);
-	return sqe;
 }
 
 int ublk_queue_room(struct ublk_queue *q)
