@@ -6,7 +6,7 @@
 vm_watchdog() { # PID NAME
   echo 60 >/proc/sys/kernel/hung_task_timeout_secs 2>/dev/null
   while sleep 10; do
-    dmesg | grep -q 'blocked for more than' || continue
+    dmesg | grep -qE 'blocked (in I/O wait )?for more than' || continue
     {
       echo "== hung I/O detected at $(cut -d' ' -f1 /proc/uptime)s"
       grep -E '^(MemFree|Dirty|Writeback|Cached|Shmem):' /proc/meminfo
