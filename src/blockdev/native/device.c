@@ -662,16 +662,30 @@ int dev_quiesce(struct ublk_device *d, uint32_t timeout_ms)
 		return r;
 	}
 	join_queues(d);
-	for (int i = 0; i < d->nq; i++)
-		ublk_queue_join(&d->q[i]);
 	if (d->cfd >= 0) {
 		close(d->cfd);
 		d->cfd = -1;
 	}
 	r = pl_flush(d->chain);
+	/*
+	 * The kernel marks the device QUIESCED when the char device is released, and fetches
+	 * re-armed after its sweep hold it until the closed rings are torn down (in a kernel
+	 * worker, soon after): wait for that, so a caller may recover the device at once.
+	 */
+	struct ublk_dev_info info;
+	int w = -ETIMEDOUT;
+	for (int ms = 0; ms < 10000; ms += 5) {
+		w = ublk_get_info(d->id, &info);
+		if (w < 0 || info.state != UBLK_STATE_LIVE) {
+			w = w < 0 ? w : 0;
+			break;
+		}
+		w = -ETIMEDOUT;
+		sleep_ms(5);
+	}
 	pthread_mutex_unlock(&d->op_mtx);
 	table_remove(d);
-	return r < 0 ? r : 0;
+	return r < 0 ? r : w;
 }
 
 int dev_pause(struct ublk_device *d)

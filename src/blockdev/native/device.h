@@ -78,7 +78,8 @@ int dev_list(uint32_t *ids, int max);
  * block device is open (mounted). */
 int dev_stop(struct ublk_device *d, int only_if_unused);
 int dev_delete(struct ublk_device *d);
-/* QUIESCE_DEV, then let go of the device (it stays in the kernel, QUIESCED, for a new server). */
+/* QUIESCE_DEV, then let go of the device (it stays in the kernel, QUIESCED, for a new server);
+ * returns once the kernel reports it QUIESCED (-ETIMEDOUT if that takes over 10 s). */
 int dev_quiesce(struct ublk_device *d, uint32_t timeout_ms);
 /* Deletes a device this process does not serve (e.g. left behind by a dead server). */
 int dev_delete_orphan(uint32_t id);

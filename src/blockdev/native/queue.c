@@ -100,6 +100,8 @@ static void reap(struct ublk_queue *q)
 		 */
 		if (cqe->res != UBLK_IO_RES_OK)
 			q->stopping = 1;
+		if (cqe->res == UBLK_IO_RES_ABORT)
+			q->aborted = 1;
 		/* Each tag has one command in flight, so depth slots always suffice. */
 		int slot = (q->bl_head + q->bl_count) % q->depth;
 		q->backlog[slot].user_data = cqe->user_data;
@@ -402,15 +404,21 @@ static void *queue_main(void *arg)
 	set_armed(q, 1);
 
 	/*
-	 * A tag is ours until the kernel aborts its fetch (STOP_DEV, QUIESCE_DEV). Once aborts
-	 * begin, the kernel has swept the idle fetches; a request still being served here is
-	 * committed, but the fetch that commit re-arms is not swept again (it is cancelled when
-	 * the ring goes), so such a tag counts as gone once committed. Waiting for its abort
-	 * would keep the thread (and a graceful hand-over) waiting forever.
+	 * A tag is ours until the kernel aborts its fetch (STOP_DEV, QUIESCE_DEV). The kernel
+	 * sweeps the idle fetches once; a fetch re-armed by a commit that reaches it after the
+	 * sweep is never aborted (it is cancelled when the ring goes), and whether a commit queued
+	 * before we saw the first abort got there in time cannot be known here. So once aborts
+	 * have begun the thread leaves as soon as nothing of its own is in progress: no request
+	 * being served or waiting to be, no transfer in flight. By then no new request can come
+	 * (the kernel holds or requeues them), and one dispatched before the sweep that is still on
+	 * its way is requeued by the kernel when the ring goes, and served again after recovery.
+	 * Waiting for every tag's abort instead hung a graceful hand-over under writes.
 	 */
 	q->live = q->depth;
 	q->err = 0;
 	while (q->live > 0) {
+		if (q->aborted && !q->bl_count && !q->done_count && !q->async_inflight)
+			break;
 		if (!q->bl_count && !q->done_count) {
 			r = io_uring_submit_and_wait(&q->ring, 1);
 			if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
@@ -475,6 +483,7 @@ int ublk_queue_start(struct ublk_queue *q)
 	q->gone = NULL;
 	q->async_inflight = 0;
 	q->stopping = 0;
+	q->aborted = 0;
 	int r = pthread_create(&q->thread, NULL, queue_main, q);
 	if (r)
 		return -r;

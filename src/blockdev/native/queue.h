@@ -96,6 +96,7 @@ struct ublk_queue {
 	/* tags no longer ours once stopping (see queue_main) */
 	uint8_t *gone;
 	int live, stopping;
+	int aborted; /* the kernel has aborted fetches: the device is stopping or quiescing */
 	int err; /* first unexpected ring/command error of the thread */
 	uint32_t xfer_seq; /* identifies the transfer being waited for */
 	int xfer_done, xfer_res;
