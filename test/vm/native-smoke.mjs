@@ -12,6 +12,8 @@
 //      QEMU's reading of the same chain
 //   K  a second process serves the new top; it is killed with SIGKILL while dd writes with
 //      O_DIRECT; this process recovers the device; dd must finish without an I/O error
+//   G  online grow (UPDATE_SIZE, 7.x) and resize2fs
+//   Q  graceful hand-over (QUIESCE_DEV, 7.x) again and again while fio writes and verifies
 //   Every image is marked clean afterwards and must pass the library's check (native-smoke.sh
 //   also runs qemu-img check). A summary is written to $PLOOP_CSI_VM_RESULTS/native-smoke.json.
 import { Buffer } from 'node:buffer';
@@ -528,15 +530,56 @@ async function killAndRecover(image, work, mnt, files) {
     summary.phases.G = `skipped (${e ? e.code : 'no error'})`;
   }
 
-  // ---- Q: graceful hand-over (QUIESCE_DEV, kernel >= 6.16) ---------------------------------
+  // ---- Q: graceful hand-over (QUIESCE_DEV, kernel >= 6.16) under writes --------------------
+  // fio keeps 16 large O_DIRECT writes in flight (the asynchronous path) and reads every block
+  // back with its checksum after each pass, while the device is quiesced and recovered over and
+  // over: no request may fail and no hand-over may hang (one that waited for the abort of a fetch
+  // re-armed after the kernel's sweep once did).
   if (rec.flags & native.UblkFeature.QUIESCE) {
-    await timed('Q.quiesceDevice', () => native.quiesceDevice(devId, 5000));
-    const qs = await native.getInfo(devId);
-    log(`Q: state after quiesce ${qs.state}`);
-    if (qs.state !== 'quiesced') fail(`state after QUIESCE_DEV is ${qs.state}`);
-    const again = [await deltaOf(image, true)];
-    await timed('Q.recoverDevice', () => native.recoverDevice(devId, { deltas: again }));
-    closeFds(again);
+    const fio = spawn(
+      'fio',
+      [
+        '--name=q',
+        `--filename=${path.join(mnt, 'handover.fio')}`,
+        '--size=48M',
+        '--loops=6',
+        '--rw=randwrite',
+        '--bs=1M',
+        '--iodepth=16',
+        '--ioengine=libaio',
+        '--direct=1',
+        '--verify=crc32c',
+        '--verify_state_save=0',
+      ],
+      { cwd: work, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let fioOut = '';
+    fio.stdout.on('data', (b) => (fioOut += b));
+    fio.stderr.on('data', (b) => (fioOut += b));
+    let fioCode = null;
+    const fioDone = new Promise((res) => fio.on('close', (code) => res((fioCode = code))));
+    await sleep(500);
+    let rounds = 0;
+    let worst = 0;
+    while (fioCode === null) {
+      const s = Date.now();
+      await native.quiesceDevice(devId, 5000);
+      const qs = await native.getInfo(devId);
+      if (qs.state !== 'quiesced') fail(`state after QUIESCE_DEV is ${qs.state}`);
+      const again = [await deltaOf(image, true)];
+      await native.recoverDevice(devId, { deltas: again });
+      closeFds(again);
+      worst = Math.max(worst, Date.now() - s);
+      rounds++;
+      await sleep(100 + Math.floor(Math.random() * 300));
+    }
+    await fioDone;
+    log(`Q: ${rounds} hand-overs (quiesce + recover) during fio, the slowest ${worst} ms`);
+    summary.timings['Q.slowestHandover'] = worst;
+    if (fioCode !== 0 || !/err= 0/.test(fioOut))
+      fail(`fio failed across hand-overs (${fioCode}): ${fioOut}`);
+    if (rounds < 3) fail(`fio finished after ${rounds} hand-overs: too few to test them`);
+    fs.rmSync(path.join(mnt, 'handover.fio'));
     writeFile2(mnt, files, 'after-handover.bin', 2 * MiB);
     summary.phases.Q = 'ok';
   } else {
