@@ -16,8 +16,8 @@
 //   D  reads over 128 KiB bypass the image's page cache, smaller ones fill it; a large read
 //      right after a write (still dirty in the image's cache) returns what was written
 //   R  blockd stopped with SIGTERM (hand-over), then killed with SIGKILL, each during an O_DIRECT
-//      write of 32 MiB; a new blockd recovers the device; the writer sees no error; xfs_repair
-//      finds nothing
+//      write of 32 MiB and a verified fio load (16 writes of 1 MiB in flight); a new blockd
+//      recovers the device; the writers see no error; xfs_repair finds nothing
 //   C  corrupted images are refused at attach with a clear error and are left byte for byte as
 //      they were; blockd keeps serving
 // A summary goes to $PLOOP_CSI_VM_RESULTS/data-path.json.
@@ -332,11 +332,37 @@ async function phaseMerge(dd, blockPath) {
 /**
  * An O_DIRECT writer (dd, fed through a pipe) is writing when blockd goes away with SIGNAL: the
  * first 8 MiB go before, the rest is fed from the moment the signal is sent, so dd has writes
- * queued on the device while no server runs. A new blockd recovers the device; dd must finish
- * without an error and every byte must be there.
+ * queued on the device while no server runs. Alongside, fio keeps 16 large O_DIRECT writes in
+ * flight and reads every block back with its checksum after each pass. A new blockd recovers
+ * the device; dd and fio must finish without an error and every byte must be there.
  */
 async function phaseRestart(dd, blockPath, signal) {
-  await step(`R: blockd ${signal} during an O_DIRECT write; a new blockd recovers`, async () => {
+  await step(`R: blockd ${signal} during O_DIRECT writes; a new blockd recovers`, async () => {
+    const fioFile = path.join(mnt, `fio-${signal}`);
+    const fio = spawn(
+      'fio',
+      [
+        '--name=r',
+        `--filename=${fioFile}`,
+        '--size=32M',
+        '--loops=4',
+        '--rw=randwrite',
+        '--bs=1M',
+        '--iodepth=16',
+        '--ioengine=libaio',
+        '--direct=1',
+        '--verify=crc32c',
+        '--verify_state_save=0',
+      ],
+      { cwd: work, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let fioOut = '';
+    fio.stdout.on('data', (d) => (fioOut += d));
+    fio.stderr.on('data', (d) => (fioOut += d));
+    let fioCode = null;
+    const fioExit = new Promise((resolve) =>
+      fio.once('close', (code) => resolve((fioCode = code))),
+    );
     const pattern = randomBytes(32 * M);
     const name = `direct-${signal}`;
     const child = spawn(
@@ -363,6 +389,7 @@ async function phaseRestart(dd, blockPath, signal) {
     })();
     await sleep(500);
     release();
+    expect(fioCode === null, `fio finished before blockd went away: ${fioOut}`);
     const exit = await stopBlockd(signal);
     log(`   blockd exited ${JSON.stringify(exit)}`);
     if (signal === 'SIGTERM') expect(exit.code === 0, 'blockd did not hand over cleanly');
@@ -374,6 +401,9 @@ async function phaseRestart(dd, blockPath, signal) {
     const code = await ddExit;
     expect(code === 0, `dd failed (${code}): ${stderr}`);
     files.set(name, sha(pattern));
+    await fioExit;
+    expect(fioCode === 0 && /err= 0/.test(fioOut), `fio failed (${fioCode}): ${fioOut}`);
+    fs.rmSync(fioFile);
     const list = JSON.parse((await dev(['list', '--json'])).stdout);
     const e = list.find((x) => x.blockPath === blockPath);
     expect(e && e.state === 'live', `after recovery: ${JSON.stringify(list)}`);
