@@ -9,8 +9,8 @@
 # <repo>/.cache/vm) -- nothing is installed on the host. A series that already has a kernel in
 # the cache is skipped unless --refresh is given, which updates the apt lists and fetches a
 # newer kernel when the archive has one. --no-kernels only installs the host packages
-# (qemu-system-x86, busybox-static, cpio, xz-utils, e2fsprogs, xfsprogs, kmod, fio: the native
-# suite drives writes with it).
+# (qemu-system-x86, busybox-static, cpio, xz-utils, e2fsprogs, xfsprogs, kmod, fio: the VM
+# suites drive writes with it).
 #
 # To make the trixie packages visible, the suites are added to apt with pin priority 100 (see
 # test/vm/README.md), so that no package on the host is ever upgraded from them.
