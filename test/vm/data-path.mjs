@@ -29,7 +29,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import process from 'node:process';
 import { fileURLToPath } from 'node:url';
-import { dropCaches, expect, fail, sh, sleep, suite } from './lib.mjs';
+import { dropCaches, expect, fail, sh, sleep, suite, verifiedWrites } from './lib.mjs';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const main = path.join(repo, 'dist/src/cli/main.js');
@@ -339,30 +339,7 @@ async function phaseMerge(dd, blockPath) {
 async function phaseRestart(dd, blockPath, signal) {
   await step(`R: blockd ${signal} during O_DIRECT writes; a new blockd recovers`, async () => {
     const fioFile = path.join(mnt, `fio-${signal}`);
-    const fio = spawn(
-      'fio',
-      [
-        '--name=r',
-        `--filename=${fioFile}`,
-        '--size=32M',
-        '--loops=4',
-        '--rw=randwrite',
-        '--bs=1M',
-        '--iodepth=16',
-        '--ioengine=libaio',
-        '--direct=1',
-        '--verify=crc32c',
-        '--verify_state_save=0',
-      ],
-      { cwd: work, stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    let fioOut = '';
-    fio.stdout.on('data', (d) => (fioOut += d));
-    fio.stderr.on('data', (d) => (fioOut += d));
-    let fioCode = null;
-    const fioExit = new Promise((resolve) =>
-      fio.once('close', (code) => resolve((fioCode = code))),
-    );
+    const fio = verifiedWrites(fioFile, '32M', 4, work);
     const pattern = randomBytes(32 * M);
     const name = `direct-${signal}`;
     const child = spawn(
@@ -389,7 +366,7 @@ async function phaseRestart(dd, blockPath, signal) {
     })();
     await sleep(500);
     release();
-    expect(fioCode === null, `fio finished before blockd went away: ${fioOut}`);
+    expect(fio.running(), 'fio finished before blockd went away');
     const exit = await stopBlockd(signal);
     log(`   blockd exited ${JSON.stringify(exit)}`);
     if (signal === 'SIGTERM') expect(exit.code === 0, 'blockd did not hand over cleanly');
@@ -401,8 +378,8 @@ async function phaseRestart(dd, blockPath, signal) {
     const code = await ddExit;
     expect(code === 0, `dd failed (${code}): ${stderr}`);
     files.set(name, sha(pattern));
-    await fioExit;
-    expect(fioCode === 0 && /err= 0/.test(fioOut), `fio failed (${fioCode}): ${fioOut}`);
+    const f = await fio.done;
+    expect(f.ok, `fio failed (${f.code}): ${f.out}`);
     fs.rmSync(fioFile);
     const list = JSON.parse((await dev(['list', '--json'])).stdout);
     const e = list.find((x) => x.blockPath === blockPath);

@@ -1,6 +1,7 @@
-// Shared by the Node.js drivers of the VM suites (csi-node.mjs, data-path.mjs): logging with
-// the time since start, failing, synchronous commands, and steps recorded in a summary.
-import { spawnSync } from 'node:child_process';
+// Shared by the Node.js drivers of the VM suites (csi-node.mjs, data-path.mjs, native-smoke.mjs):
+// logging with the time since start, failing, synchronous commands, a verified fio write load,
+// and steps recorded in a summary.
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import process from 'node:process';
 import { setTimeout } from 'node:timers';
@@ -25,6 +26,40 @@ export function sh(cmd, args, opts = {}) {
     fail(`${cmd} ${args.join(' ')} exited ${r.status}: ${(r.stderr || '') + (r.stdout || '')}`);
   }
   return r;
+}
+
+/**
+ * A write-heavy load that checks itself: fio keeps 16 O_DIRECT writes of 1 MiB in flight over
+ * FILE (SIZE, e.g. '32M') and reads every block back with its checksum after each of LOOPS
+ * passes. `running()` says whether fio is still going; `done` resolves to { ok, code, out }, ok
+ * when fio exited 0 with no I/O error.
+ */
+export function verifiedWrites(file, size, loops, cwd) {
+  const args = [
+    '--name=w',
+    `--filename=${file}`,
+    `--size=${size}`,
+    `--loops=${loops}`,
+    '--rw=randwrite',
+    '--bs=1M',
+    '--iodepth=16',
+    '--ioengine=libaio',
+    '--direct=1',
+    '--verify=crc32c',
+    '--verify_state_save=0',
+  ];
+  const fio = spawn('fio', args, { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let exited = false;
+  fio.stdout.on('data', (d) => (out += d));
+  fio.stderr.on('data', (d) => (out += d));
+  const done = new Promise((resolve) =>
+    fio.once('close', (code) => {
+      exited = true;
+      resolve({ ok: code === 0 && /err= 0/.test(out), code, out });
+    }),
+  );
+  return { running: () => !exited, done };
 }
 
 /**

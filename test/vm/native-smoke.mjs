@@ -25,6 +25,7 @@ import * as path from 'node:path';
 import process from 'node:process';
 import { setInterval, setTimeout } from 'node:timers';
 import { fileURLToPath } from 'node:url';
+import { verifiedWrites } from './lib.mjs';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const native = await import(path.join(repo, 'dist/src/blockdev/native.js'));
@@ -536,32 +537,11 @@ async function killAndRecover(image, work, mnt, files) {
   // over: no request may fail and no hand-over may hang (one that waited for the abort of a fetch
   // re-armed after the kernel's sweep once did).
   if (rec.flags & native.UblkFeature.QUIESCE) {
-    const fio = spawn(
-      'fio',
-      [
-        '--name=q',
-        `--filename=${path.join(mnt, 'handover.fio')}`,
-        '--size=48M',
-        '--loops=6',
-        '--rw=randwrite',
-        '--bs=1M',
-        '--iodepth=16',
-        '--ioengine=libaio',
-        '--direct=1',
-        '--verify=crc32c',
-        '--verify_state_save=0',
-      ],
-      { cwd: work, stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    let fioOut = '';
-    fio.stdout.on('data', (b) => (fioOut += b));
-    fio.stderr.on('data', (b) => (fioOut += b));
-    let fioCode = null;
-    const fioDone = new Promise((res) => fio.on('close', (code) => res((fioCode = code))));
+    const fio = verifiedWrites(path.join(mnt, 'handover.fio'), '48M', 6, work);
     await sleep(500);
     let rounds = 0;
     let worst = 0;
-    while (fioCode === null) {
+    while (fio.running()) {
       const s = Date.now();
       await native.quiesceDevice(devId, 5000);
       const qs = await native.getInfo(devId);
@@ -573,11 +553,10 @@ async function killAndRecover(image, work, mnt, files) {
       rounds++;
       await sleep(100 + Math.floor(Math.random() * 300));
     }
-    await fioDone;
+    const f = await fio.done;
     log(`Q: ${rounds} hand-overs (quiesce + recover) during fio, the slowest ${worst} ms`);
     summary.timings['Q.slowestHandover'] = worst;
-    if (fioCode !== 0 || !/err= 0/.test(fioOut))
-      fail(`fio failed across hand-overs (${fioCode}): ${fioOut}`);
+    if (!f.ok) fail(`fio failed across hand-overs (${f.code}): ${f.out}`);
     if (rounds < 3) fail(`fio finished after ${rounds} hand-overs: too few to test them`);
     fs.rmSync(path.join(mnt, 'handover.fio'));
     writeFile2(mnt, files, 'after-handover.bin', 2 * MiB);

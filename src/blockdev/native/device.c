@@ -672,15 +672,14 @@ int dev_quiesce(struct ublk_device *d, uint32_t timeout_ms)
 	 * re-armed after its sweep hold it until the closed rings are torn down (in a kernel
 	 * worker, soon after): wait for that, so a caller may recover the device at once.
 	 */
-	struct ublk_dev_info info;
 	int w = -ETIMEDOUT;
 	for (int ms = 0; ms < 10000; ms += 5) {
-		w = ublk_get_info(d->id, &info);
-		if (w < 0 || info.state != UBLK_STATE_LIVE) {
-			w = w < 0 ? w : 0;
+		struct ublk_dev_info info;
+		int g = ublk_get_info(d->id, &info);
+		if (g < 0 || info.state != UBLK_STATE_LIVE) {
+			w = g < 0 ? g : 0;
 			break;
 		}
-		w = -ETIMEDOUT;
 		sleep_ms(5);
 	}
 	pthread_mutex_unlock(&d->op_mtx);
